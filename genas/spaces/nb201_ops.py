@@ -1,0 +1,70 @@
+"""Building blocks of NAS-Bench-201 networks: the five cell operations and the ResNet reduction block.
+
+Module layout and attribute names follow the benchmark's own networks (``op``, ``conv_a``, ``conv_b``,
+``downsample``), so parameter names and counts of :mod:`genas.spaces.nb201` match the benchmark's.
+All blocks keep the input's memory format (channels_last works) and never move to a device themselves.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["OP_NAMES", "Zero", "ReLUConvBN", "ResNetBasicBlock", "make_op"]
+
+# Gene value i of an architecture is OP_NAMES[i]; the order is the benchmark's.
+OP_NAMES = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+
+
+class Zero(nn.Module):
+    """The ``none`` op. Multiplying by zero (instead of allocating zeros) keeps the result in the autograd
+    graph, as in the benchmark; the cells skip ``none`` edges and use it only for nodes with no input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mul(0.0)
+
+
+class ReLUConvBN(nn.Module):
+    """ReLU -> Conv (no bias) -> BN (affine): ``nor_conv_kxk`` and both convs of the reduction block."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int = 1):
+        super().__init__()
+        # Attribute ``op`` (a Sequential inside) reproduces the benchmark's names: ``op.1.weight``, ``op.2.bias``.
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),  # the input node feeds other edges too: never in place
+            nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
+            nn.BatchNorm2d(c_out, affine=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class ResNetBasicBlock(nn.Module):
+    """Stride-2 residual block between the stages: two ReLUConvBN 3x3 and an AvgPool(2)+Conv1x1 shortcut."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv_a = ReLUConvBN(c_in, c_out, 3, stride=2)
+        self.conv_b = ReLUConvBN(c_out, c_out, 3, stride=1)
+        self.downsample = nn.Sequential(
+            nn.AvgPool2d(kernel_size=2, stride=2, padding=0),
+            nn.Conv2d(c_in, c_out, kernel_size=1, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.downsample(x) + self.conv_b(self.conv_a(x))
+
+
+def make_op(name: str, channels: int) -> nn.Module:
+    """The cell operation ``name`` at ``channels`` channels, stride 1 (NB201 cells never change the shape)."""
+    if name == "none":
+        return Zero()
+    if name == "skip_connect":
+        return nn.Identity()
+    if name == "nor_conv_1x1":
+        return ReLUConvBN(channels, channels, 1)
+    if name == "nor_conv_3x3":
+        return ReLUConvBN(channels, channels, 3)
+    if name == "avg_pool_3x3":
+        return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+    raise ValueError(f"unknown NAS-Bench-201 op {name!r}; choose one of {OP_NAMES}")
