@@ -206,7 +206,7 @@ def parse_genotype(obj: Any) -> Genotype:
             return validate_genotype(_genotype_from_repr(text))
         from genas.genotypes import PUBLISHED
         if text.lower() in PUBLISHED:
-            return PUBLISHED[text.lower()]
+            return validate_genotype(PUBLISHED[text.lower()])
         raise ValueError(f"unknown genotype name {obj!r}; published genotypes: {sorted(PUBLISHED)} "
                          f"(or pass a 'Genotype(...)' string, a JSON dict or a .json file)")
     if isinstance(obj, Sequence) and len(obj) == NUM_GENES:
