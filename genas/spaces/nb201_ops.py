@@ -16,8 +16,8 @@ OP_NAMES = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x
 
 
 class Zero(nn.Module):
-    """The ``none`` op. Multiplying by zero (instead of allocating zeros) keeps the result in the autograd
-    graph, as in the benchmark; the cells skip ``none`` edges and use it only for nodes with no input."""
+    """The ``none`` op: ``x * 0``, which (unlike allocating zeros) stays in the autograd graph, as in the
+    benchmark. Cells skip ``none`` edges instead of running it; it keeps module index == op index."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mul(0.0)
