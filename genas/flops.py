@@ -1,0 +1,112 @@
+"""Parameter and FLOP counts of a candidate's standalone network, for search constraints and result tables.
+
+The count is of the network the candidate becomes after the search (NAS-Bench-201: the benchmark network,
+C=16, N=5; DARTS: the 20-cell CIFAR network, C=36, from ``backbones``), not of its path in the supernet, so a
+``max_params`` limit means what a paper's table means. Counting is done by fvcore; its FLOPs count one fused
+multiply-add as one FLOP (i.e. they are MACs, the unit NAS papers report as "FLOPs").
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from fvcore.nn import FlopCountAnalysis, parameter_count
+from torch import nn
+
+from genas.spaces.base import Arch, SearchSpace
+
+__all__ = ["NetworkCost", "standalone_builder", "count_params", "count_flops", "CostConstraint"]
+
+#: Standalone (evaluation) sizes of each space's networks.
+NB201_EVAL = {"C": 16, "N": 5}
+DARTS_CIFAR_EVAL = {"C": 36, "layers": 20}
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (fvcore ``parameter_count``; buffers such as BN statistics excluded)."""
+    return int(parameter_count(model)[""])
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """fvcore FLOPs (multiply-adds) of one forward pass of a batch of one image of ``input_shape`` (C, H, W)."""
+    model = model.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fvcore's tracer warns about torch.jit deprecations and no-op ops
+        analysis = FlopCountAnalysis(model, torch.zeros(1, *input_shape))
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        return int(analysis.total())
+
+
+def standalone_builder(space: SearchSpace, num_classes: int) -> Callable[[Arch], nn.Module]:
+    """``arch -> nn.Module``: the standalone network of ``arch`` in ``space`` at its evaluation size.
+
+    DARTS needs ``backbones`` (the retraining networks); a clear ``ImportError`` says so when it is missing.
+    """
+    if space.name == "nb201":
+        from genas.spaces.nb201 import build_network
+        return lambda arch: build_network(arch, num_classes=num_classes, **NB201_EVAL)
+    if space.name == "darts":
+        try:
+            from backbones.darts_net import NetworkCIFAR
+        except ImportError as e:
+            raise ImportError(f"counting DARTS params/FLOPs needs backbones.darts_net.NetworkCIFAR ({e}); without it "
+                              f"leave search.max_params and search.max_flops unset") from None
+        from genas.spaces.darts import decode
+        return lambda arch: NetworkCIFAR(decode(arch), num_classes=num_classes, **DARTS_CIFAR_EVAL)
+    raise ValueError(f"no standalone network is known for space {space.name!r}")
+
+
+@dataclass
+class NetworkCost:
+    """Params and FLOPs of candidates' standalone networks, each counted once per canonical key
+    (building a network takes ~0.1 s and tracing its FLOPs seconds, and the search asks repeatedly)."""
+
+    space: SearchSpace
+    num_classes: int
+    input_shape: tuple[int, ...] = (3, 32, 32)
+
+    def __post_init__(self) -> None:
+        self._build = standalone_builder(self.space, self.num_classes)
+        self._params: dict[str, int] = {}
+        self._flops: dict[str, int] = {}
+
+    def params(self, arch: Arch) -> int:
+        key = self.space.key(arch)
+        if key not in self._params:
+            with torch.device("meta"):  # shapes only: no weight initialisation, no memory
+                self._params[key] = count_params(self._build(arch))
+        return self._params[key]
+
+    def flops(self, arch: Arch) -> int:
+        key = self.space.key(arch)
+        if key not in self._flops:
+            self._flops[key] = count_flops(self._build(arch), self.input_shape)
+        return self._flops[key]
+
+
+@dataclass
+class CostConstraint:
+    """``arch -> bool``: the standalone network has at most ``max_params`` parameters and ``max_flops`` FLOPs
+    (``None``: no limit). The cheap params test runs first so FLOPs are traced only for candidates it passes."""
+
+    cost: NetworkCost
+    max_params: float | None = None
+    max_flops: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_params", "max_flops"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+                raise ValueError(f"search.{name} must be a positive number (e.g. 1.0e6) or null, got {value!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.max_params is not None or self.max_flops is not None
+
+    def __call__(self, arch: Arch) -> bool:
+        if self.max_params is not None and self.cost.params(arch) > self.max_params:
+            return False
+        return self.max_flops is None or self.cost.flops(arch) <= self.max_flops
