@@ -1,0 +1,334 @@
+"""Measuring one sub-network of a supernet: BN recalibration, clean accuracy, and validation losses under
+Gaussian weight perturbations (the L_i of paper Eq. 3-4).
+
+Design (what makes candidates comparable and the evaluation cheap):
+
+* Fixed batches. Recalibration and validation batches are drawn once (seeded) by :func:`fixed_batches`, kept
+  as tensors on the device and reused for every candidate, so a score never depends on evaluation order.
+* Exact BN statistics. :func:`recalibrated_bn` resets the running statistics and forwards the recalibration
+  batches with ``momentum=None`` (a cumulative average): the running mean is then exactly the mean over those
+  batches. The reference's momentum-0.1 update after a reset keeps 0.9^10 = 35% of the reset values after 10
+  batches. Every BN of the supernet is reset, but only the BNs on the path see data, and the others are unused
+  by this architecture; all running statistics (and momenta) are restored on exit, so scoring leaves every
+  supernet tensor bit-identical.
+* In-place perturbation. Only the path's parameters are perturbed, in place, from a saved copy of their values
+  (no copy of the network per candidate), and copied back exactly afterwards.
+* Common random numbers. With ``common_random_numbers`` the noise of a parameter at sigma index ``i`` comes from
+  a generator seeded by ``(seed, i, parameter name)``: a parameter shared by two candidates gets the same draw
+  in both, so candidates are compared under the same noise. Otherwise the architecture is part of the seed.
+  Draws are made on the parameters' device (CPU and CUDA generators give different streams).
+* Precision. Losses are evaluated in fp32 unless an autocast dtype is given; the scorer refuses autocast when
+  the smallest sigma is below the dtype's resolution at the weights' scale (a 1e-5 perturbation of a weight
+  of 0.05 vanishes in bf16, whose spacing there is 2^-12 = 2.4e-4).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from genas.scores import check_sigmas
+from genas.spaces.base import Arch, Supernet, check_positions
+
+__all__ = ["Batch", "PerturbationConfig", "fixed_batches", "recalibrated_bn", "autocast_context", "mean_loss",
+           "top1_accuracy", "noise_seed", "top_hessian_eigenvector", "perturbed_losses"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+NOISE_MODES = ("independent", "cumulative")
+DIRECTIONS = ("random", "hessian")
+
+
+@dataclass(frozen=True)
+class PerturbationConfig:
+    """How the weights of a path are perturbed for the losses L_1..L_t.
+
+    ``noise``: ``independent`` = theta + sigma_i * z_i (paper Eq. 3-4); ``cumulative`` = the reference code's
+    theta_i = theta_{i-1} + (sigma_i - sigma_{i-1}) * z_i (sigma_0 = 0), one draw per sigma.
+    ``direction``: ``random`` (z_i ~ N(0, I)) or ``hessian`` (the top eigenvector v of the Hessian of the
+    validation loss w.r.t. the path parameters, found by power iteration, scaled to sqrt(n) v so that its
+    length equals the expected length of an n-dimensional standard normal draw; every sigma uses it).
+    ``positions``: ``all`` (every weight of the sub-network, the paper's default) or ``cells``.
+    ``batched_sigmas``: evaluate the t perturbed parameter sets together with ``torch.func.vmap`` (one pass
+    over the batches instead of t; uses t times the activation memory).
+    """
+
+    sigmas: tuple[float, ...]
+    noise: str = "independent"
+    common_random_numbers: bool = True
+    positions: str = "all"
+    direction: str = "random"
+    seed: int = 0
+    batched_sigmas: bool = False
+    hessian_iters: int = 20
+    hessian_tol: float = 1e-4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sigmas", check_sigmas(self.sigmas))
+        check_positions(self.positions)
+        if self.noise not in NOISE_MODES:
+            raise ValueError(f"score.noise must be one of {NOISE_MODES}, got {self.noise!r}")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"score.direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        if self.hessian_iters < 1:
+            raise ValueError(f"hessian_iters must be >= 1, got {self.hessian_iters}")
+
+
+def fixed_batches(dataset: Dataset, num_batches: int | None, batch_size: int, seed: int,
+                  device: torch.device | str, memory_format: torch.memory_format = torch.contiguous_format
+                  ) -> list[Batch]:
+    """``num_batches`` batches of ``batch_size`` samples drawn once without replacement (seeded) from
+    ``dataset``, as tensors on ``device`` in ``memory_format``. ``num_batches=None`` takes the whole dataset
+    (in a seeded order). Fewer samples than asked for give fewer batches (the last may be smaller)."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    if num_batches is not None and num_batches < 1:
+        raise ValueError(f"number of batches must be >= 1 or None (= whole split), got {num_batches}")
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("cannot draw scoring batches from an empty dataset")
+    order = np.random.default_rng(seed).permutation(n)
+    if num_batches is not None:
+        order = order[:num_batches * batch_size]
+    loader = DataLoader(Subset(dataset, order.tolist()), batch_size=batch_size, shuffle=False)
+    return [(x.to(device).contiguous(memory_format=memory_format), torch.as_tensor(y).long().to(device))
+            for x, y in loader]
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``dtype`` on ``device``, or nothing (fp32) when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _running_stat_bns(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@contextlib.contextmanager
+def recalibrated_bn(model: nn.Module, forward: Forward, batches: Sequence[Batch],
+                    amp_dtype: torch.dtype | None = None) -> Iterator[None]:
+    """Inside the block, BN running statistics are the exact cumulative average over ``batches`` of the
+    path run by ``forward``, and ``model`` is in eval mode. On exit every BN buffer and momentum, and the
+    train/eval mode, are restored."""
+    bns = _running_stat_bns(model)
+    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for m in bns]
+    was_training = model.training
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average: exact statistics of the recalibration batches
+        model.train()
+        with torch.no_grad():
+            for x, _ in batches:
+                with autocast_context(x.device, amp_dtype):
+                    forward(x)
+        for m, (momentum, *_) in zip(bns, saved):
+            m.momentum = momentum
+        model.eval()
+        yield
+    finally:
+        with torch.no_grad():
+            for m, (momentum, mean, var, count) in zip(bns, saved):
+                m.momentum = momentum
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+        model.train(was_training)
+
+
+def _num_samples(batches: Sequence[Batch]) -> int:
+    return sum(int(y.shape[0]) for _, y in batches)
+
+
+def mean_loss(forward: Forward, batches: Sequence[Batch], amp_dtype: torch.dtype | None = None) -> float:
+    """Mean cross-entropy over all samples of ``batches`` (no gradients; one host sync at the end)."""
+    total = None
+    with torch.no_grad():
+        for x, y in batches:
+            with autocast_context(x.device, amp_dtype):
+                logits = forward(x)
+            loss = F.cross_entropy(logits.float(), y, reduction="sum").double()
+            total = loss if total is None else total + loss
+    return float(total) / _num_samples(batches)
+
+
+def top1_accuracy(forward: Forward, batches: Sequence[Batch], amp_dtype: torch.dtype | None = None) -> float:
+    """Top-1 accuracy (a fraction in [0, 1]) over all samples of ``batches``."""
+    correct = None
+    with torch.no_grad():
+        for x, y in batches:
+            with autocast_context(x.device, amp_dtype):
+                hits = (forward(x).argmax(dim=1) == y).sum()
+            correct = hits if correct is None else correct + hits
+    return int(correct) / _num_samples(batches)
+
+
+def noise_seed(seed: int, sigma_index: int, name: str, arch: Arch | None = None) -> int:
+    """A 63-bit generator seed for the draw of parameter ``name`` at sigma index ``sigma_index``.
+
+    ``arch=None`` (common random numbers) makes the draw independent of the candidate; a hash (not Python's
+    salted ``hash``) keeps it identical across processes and runs.
+    """
+    text = f"{seed}|{sigma_index}|{name}" + ("" if arch is None else f"|{tuple(int(g) for g in arch)}")
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") & (2 ** 63 - 1)
+
+
+def _standard_normal(param: torch.Tensor, seed: int) -> torch.Tensor:
+    generator = torch.Generator(device=param.device).manual_seed(seed)
+    return torch.randn(param.shape, generator=generator, device=param.device, dtype=param.dtype)
+
+
+def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
+    return sum((u * v).sum() for u, v in zip(a, b))
+
+
+def _normalised(vectors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    norm = torch.sqrt(_dot(vectors, vectors))
+    return [v / norm for v in vectors]
+
+
+def _hessian_vector_product(loss_terms: Callable[[], Iterable[torch.Tensor]], params: Sequence[torch.Tensor],
+                            vector: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """H v of the loss sum(loss_terms()) by double backward, one term (batch) at a time to bound memory."""
+    out = [torch.zeros_like(p) for p in params]
+    for loss in loss_terms():
+        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        pairs = [(g, v) for g, v in zip(grads, vector) if g is not None]
+        if not pairs:
+            continue
+        hv = torch.autograd.grad(_dot(*zip(*pairs)), params, allow_unused=True)
+        for o, h in zip(out, hv):
+            if h is not None:
+                o.add_(h)
+    return out
+
+
+def top_hessian_eigenvector(loss_terms: Callable[[], Iterable[torch.Tensor]], params: Sequence[torch.Tensor],
+                            iters: int = 20, tol: float = 1e-4, seed: int = 0
+                            ) -> tuple[float, list[torch.Tensor]]:
+    """Eigenvalue of largest magnitude and its unit eigenvector (one tensor per parameter) of the Hessian of
+    ``sum(loss_terms())`` w.r.t. ``params``, by power iteration with Hessian-vector products (PyHessian,
+    Yao et al. 2019). Stops when the Rayleigh quotient changes by less than ``tol`` (relative). The sign is
+    fixed so that the entry of largest magnitude is positive, making the direction deterministic."""
+    generator = torch.Generator(device=params[0].device).manual_seed(seed)
+    vector = _normalised([torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+                          for p in params])
+    eigenvalue = math.nan
+    with torch.enable_grad():
+        for _ in range(iters):
+            hv = _hessian_vector_product(loss_terms, params, vector)
+            estimate = float(_dot(hv, vector))
+            if float(_dot(hv, hv)) == 0.0:  # the loss is flat along every direction: any vector will do
+                return 0.0, vector
+            vector = _normalised(hv)
+            converged = abs(estimate - eigenvalue) <= tol * abs(estimate)
+            eigenvalue = estimate
+            if converged:
+                break
+    flat = torch.cat([v.reshape(-1) for v in vector])
+    if flat[flat.abs().argmax()] < 0:
+        vector = [-v for v in vector]
+    return eigenvalue, [v.detach() for v in vector]
+
+
+def _hessian_direction(supernet: Supernet, arch: Arch, params: Sequence[torch.Tensor], batches: Sequence[Batch],
+                       cfg: PerturbationConfig) -> list[torch.Tensor]:
+    """sqrt(n) times the top Hessian eigenvector of the mean validation loss over ``batches``."""
+    n = _num_samples(batches)
+
+    def loss_terms() -> Iterator[torch.Tensor]:
+        for x, y in batches:
+            yield F.cross_entropy(supernet(x, arch).float(), y, reduction="sum") / n
+
+    seed = noise_seed(cfg.seed, 0, "hessian-start", None if cfg.common_random_numbers else arch)
+    _, vector = top_hessian_eigenvector(loss_terms, params, cfg.hessian_iters, cfg.hessian_tol, seed)
+    scale = math.sqrt(sum(p.numel() for p in params))
+    return [v * scale for v in vector]
+
+
+def _perturb_in_turn(targets: Sequence[torch.Tensor], originals: Sequence[torch.Tensor], names: Sequence[str],
+                     arch: Arch, cfg: PerturbationConfig, hessian: Sequence[torch.Tensor] | None
+                     ) -> Iterator[int]:
+    """Write the perturbation of each sigma in turn into ``targets`` (which start equal to ``originals``);
+    yields the sigma index once ``targets`` hold it."""
+    previous_sigma = 0.0
+    for i, sigma in enumerate(cfg.sigmas):
+        for k, (target, start, name) in enumerate(zip(targets, originals, names)):
+            if hessian is not None:
+                direction = hessian[k]
+            else:
+                direction = _standard_normal(start, noise_seed(cfg.seed, i, name,
+                                                               None if cfg.common_random_numbers else arch))
+            if cfg.noise == "independent":
+                target.copy_(start).add_(direction, alpha=sigma)
+            else:
+                target.add_(direction, alpha=sigma - previous_sigma)
+        previous_sigma = sigma
+        yield i
+
+
+def perturbed_losses(supernet: Supernet, arch: Arch, batches: Sequence[Batch], cfg: PerturbationConfig,
+                     amp_dtype: torch.dtype | None = None) -> list[float]:
+    """Validation losses L_1..L_t of ``arch`` with its path parameters perturbed at each sigma of ``cfg``.
+
+    Call it with BN already recalibrated and the supernet in eval mode (inside :func:`recalibrated_bn`).
+    The path parameters are restored bit-exactly before returning, also on error. Non-finite losses are
+    returned as they are; the caller decides what they mean.
+    """
+    names = supernet.path_parameter_names(arch, cfg.positions)
+    params = supernet.path_parameters(arch, cfg.positions)
+    originals = [p.detach().clone() for p in params]
+    hessian = (_hessian_direction(supernet, arch, params, batches, cfg) if cfg.direction == "hessian" else None)
+    if cfg.batched_sigmas:
+        return _batched_losses(supernet, arch, batches, names, originals, cfg, hessian, amp_dtype)
+    losses = []
+    try:
+        with torch.no_grad():
+            for _ in _perturb_in_turn(params, originals, names, arch, cfg, hessian):
+                losses.append(mean_loss(lambda x: supernet(x, arch), batches, amp_dtype))
+    finally:
+        with torch.no_grad():
+            for p, start in zip(params, originals):
+                p.copy_(start)
+    return losses
+
+
+def _batched_losses(supernet: Supernet, arch: Arch, batches: Sequence[Batch], names: Sequence[str],
+                    originals: Sequence[torch.Tensor], cfg: PerturbationConfig,
+                    hessian: Sequence[torch.Tensor] | None, amp_dtype: torch.dtype | None) -> list[float]:
+    """The t perturbed parameter sets stacked along a new leading dim and evaluated together with
+    ``torch.func.vmap`` over ``functional_call``: one pass over the batches, the supernet never modified."""
+    with torch.no_grad():
+        targets = [start.clone() for start in originals]
+        per_sigma = [[t.clone() for t in targets]
+                     for _ in _perturb_in_turn(targets, originals, names, arch, cfg, hessian)]
+        # NCHW throughout: vmap has no batching rule for the as_strided_ of channels_last adaptive pooling
+        params_by_name = {name: torch.stack([v.contiguous() for v in values])
+                          for name, values in zip(names, zip(*per_sigma))}
+
+    def loss_sum(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(supernet, params, (x, arch))
+        return F.cross_entropy(logits.float(), y, reduction="sum")
+
+    batched = vmap(loss_sum, in_dims=(0, None, None))
+    total = None
+    with torch.no_grad():
+        for x, y in batches:
+            with autocast_context(x.device, amp_dtype):
+                losses = batched(params_by_name, x.contiguous(), y).double()
+            total = losses if total is None else total + losses
+    return (total / _num_samples(batches)).tolist()

@@ -1,0 +1,201 @@
+"""``ArchScorer``: the search score of one architecture under a chosen metric (paper Eq. 4, 5, 7; RLNAS angle).
+
+Metrics (``score.metric``), higher is better:
+
+=====================  =======================================================================
+``accuracy``           top-1 fraction on the fixed validation batches after BN recalibration (PBS)
+``angle``              angle(init path weights, final path weights) / pi (ABS, RLNAS)
+``flatness``           F of Eq. 4 (alpha = 0: Eq. 3)
+``angle+flatness``     angle / pi + gamma * F / sigma_1 (Eq. 5)
+``accuracy+flatness``  accuracy + gamma * F / sigma_1 (Eq. 5)
+``angle+accuracy``     angle / pi + accuracy (both in [0, 1], summed with weight 1)
+=====================  =======================================================================
+
+Angle vector (RLNAS convention). The path's weights (``supernet.path_parameter_names(arch)``: stem, cells,
+reduction blocks, BN affine, classifier) are concatenated, followed by one constant per parameter-free op on
+the path (``supernet.path_op_names(arch)``): a 3x3 pooling contributes a 3x3 kernel of 1/9 (9 entries) and a
+``skip_connect`` an identity weight (one entry, 1.0); ``none`` and parametric ops add nothing. The constants
+are the same in the init and the final vector. RLNAS repeats them per channel (C x 3 x 3 and eye(C)); the
+Supernet interface gives no per-edge channel counts, so one channel's slice is used. The angle depends on the
+constants only through their total squared norm (equal entries in both vectors), so each op weighs 1/C of
+what it weighs in RLNAS, C being the channels of its edge.
+A stride-2 DARTS ``skip_connect`` (FactorizedReduce) has weights; it also gets the 1.0 entry, as its name is
+all the interface reports.
+
+A non-finite perturbed loss gives the candidate the worst score (-inf) and ``finite: False``; the scorer
+counts such candidates in :attr:`ArchScorer.num_nonfinite` and warns with the count, so a search never
+crashes on one.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import Any, Mapping
+
+import torch
+from torch.utils.data import Dataset
+
+from genas.config import DEFAULTS
+from genas.perturbation import (PerturbationConfig, fixed_batches, perturbed_losses, recalibrated_bn,
+                                top1_accuracy)
+from genas.scores import angle_between, combined_score, flatness_from_losses
+from genas.spaces.base import Arch, Supernet
+
+__all__ = ["METRICS", "ArchScorer", "path_weight_vector"]
+
+METRICS = ("accuracy", "angle", "flatness", "angle+flatness", "accuracy+flatness", "angle+accuracy")
+
+# Scorer options not (yet) in genas.config.DEFAULTS["score"]: evaluate the t sigmas together with vmap,
+# the power-iteration tolerance of the Hessian direction, autocast for scoring (null = fp32), and the
+# channels_last memory format (1.5x faster NB201 forwards on CPU; changes float summation order only).
+EXTRA_DEFAULTS: dict[str, Any] = {"batched_sigmas": False, "hessian_tol": 1e-4, "amp": None,
+                                  "channels_last": False}
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Constants of parameter-free ops in the angle vector (see the module docstring).
+PARAMETER_FREE_CONSTANTS: dict[str, tuple[float, ...]] = {
+    "avg_pool_3x3": (1.0 / 9.0,) * 9,
+    "max_pool_3x3": (1.0 / 9.0,) * 9,
+    "skip_connect": (1.0,),
+}
+
+
+def path_weight_vector(weights: Mapping[str, torch.Tensor], names: list[str], op_names: list[str]) -> torch.Tensor:
+    """The RLNAS angle vector (float64, CPU) of a path: ``weights[name]`` for ``names`` in order, then the
+    constants of the parameter-free ops in ``op_names``."""
+    missing = [n for n in names if n not in weights]
+    if missing:
+        raise KeyError(f"the init state dict lacks {len(missing)} path parameter(s), e.g. {missing[:3]}; "
+                       f"was it saved from the same supernet (space and width)?")
+    parts = [weights[n].detach().reshape(-1).to("cpu", torch.float64) for n in names]
+    constants = [c for op in op_names for c in PARAMETER_FREE_CONSTANTS.get(op, ())]
+    parts.append(torch.tensor(constants, dtype=torch.float64))
+    return torch.cat(parts)
+
+
+def _score_config(score_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    known = {**DEFAULTS["score"], **EXTRA_DEFAULTS}
+    unknown = sorted(set(score_cfg) - set(known))
+    if unknown:
+        raise ValueError(f"unknown score option(s) {unknown}; known options: {sorted(known)}")
+    cfg = {**known, **score_cfg}
+    if cfg["metric"] not in METRICS:
+        raise ValueError(f"score.metric must be one of {METRICS}, got {cfg['metric']!r}")
+    if cfg["amp"] is not None and cfg["amp"] not in AMP_DTYPES:
+        raise ValueError(f"score.amp must be null (fp32) or one of {sorted(AMP_DTYPES)}, got {cfg['amp']!r}")
+    return cfg
+
+
+class ArchScorer:
+    """Scores architectures of one trained supernet; ``scorer(arch)`` returns the result dict of the contract:
+    ``score`` (higher is better), ``losses`` (L_1..L_t), ``flatness``, ``accuracy``, ``angle`` (radians),
+    each None where the metric does not need it, ``finite`` and ``seconds``.
+
+    The fixed recalibration / validation batches are built once here, so every candidate is evaluated on the
+    same data and the result of an architecture does not depend on evaluation order. Scoring leaves every
+    supernet tensor unchanged (BN statistics and perturbed weights are restored). ``init_state_dict``, the
+    epoch-0 supernet weights, is required by the angle metrics.
+    """
+
+    def __init__(self, supernet: Supernet, score_cfg: Mapping[str, Any], train_data: Dataset | None,
+                 val_data: Dataset | None, device: torch.device | str,
+                 init_state_dict: Mapping[str, torch.Tensor] | None = None):
+        self.cfg = _score_config(score_cfg)
+        self.device = torch.device(device)
+        self.supernet = supernet.to(self.device).eval()
+        self.memory_format = torch.channels_last if self.cfg["channels_last"] else torch.contiguous_format
+        if self.cfg["channels_last"]:
+            self.supernet.to(memory_format=self.memory_format)  # same values, NHWC strides
+        parts = self.cfg["metric"].split("+")
+        self.uses_angle = "angle" in parts
+        self.uses_accuracy = "accuracy" in parts
+        self.uses_flatness = "flatness" in parts
+        self.perturbation = PerturbationConfig(
+            sigmas=tuple(self.cfg["sigmas"]), noise=self.cfg["noise"],
+            common_random_numbers=bool(self.cfg["common_random_numbers"]), positions=self.cfg["positions"],
+            direction=self.cfg["direction"], seed=int(self.cfg["seed"]),
+            batched_sigmas=bool(self.cfg["batched_sigmas"]), hessian_iters=int(self.cfg["hessian_iters"]),
+            hessian_tol=float(self.cfg["hessian_tol"]))
+        self.amp_dtype = AMP_DTYPES.get(self.cfg["amp"])
+        if self.uses_flatness and self.amp_dtype is not None:
+            self._check_amp_resolution()
+        if self.uses_angle and init_state_dict is None:
+            raise ValueError(f"metric {self.cfg['metric']!r} needs the epoch-0 supernet weights: pass "
+                             f"init_state_dict (the 'model' of <run>/supernet/init.pt)")
+        self.init_state_dict = init_state_dict
+        self.recalib_batches: list = []
+        self.val_batches: list = []
+        if self.uses_accuracy or self.uses_flatness:
+            if train_data is None or val_data is None:
+                raise ValueError(f"metric {self.cfg['metric']!r} needs train_data (BN recalibration) and "
+                                 f"val_data (loss / accuracy)")
+            seed = int(self.cfg["seed"])
+            self.recalib_batches = fixed_batches(train_data, self.cfg["recalib_batches"],
+                                                 int(self.cfg["batch_size_recalib"]), seed, self.device,
+                                                 self.memory_format)
+            self.val_batches = fixed_batches(val_data, self.cfg["eval_batches"], int(self.cfg["eval_batch_size"]),
+                                             seed + 1, self.device, self.memory_format)
+        self.num_nonfinite = 0
+
+    def _check_amp_resolution(self) -> None:
+        """Refuse autocast when sigma_1 is below the dtype's resolution at the weights' RMS: the perturbation
+        would round away in the low-precision copy of the weights (1e-5 on a weight of 0.05 in bf16)."""
+        with torch.no_grad():
+            squares = sum(float(p.double().pow(2).sum()) for p in self.supernet.parameters())
+            rms = math.sqrt(squares / sum(p.numel() for p in self.supernet.parameters()))
+        resolution = torch.finfo(self.amp_dtype).eps * rms
+        sigma_1 = self.perturbation.sigmas[0]
+        if sigma_1 < resolution:
+            raise ValueError(f"score.amp={self.cfg['amp']} cannot resolve sigma_1={sigma_1:g}: weights of RMS "
+                             f"{rms:.3g} move in steps of ~{resolution:.3g} in {self.amp_dtype}; use score.amp=null")
+
+    def angle(self, arch: Arch) -> float:
+        """Angle (radians) between the path's weight vectors at epoch 0 and now (RLNAS convention)."""
+        names = self.supernet.path_parameter_names(arch, "all")
+        op_names = self.supernet.path_op_names(arch)
+        init = path_weight_vector(self.init_state_dict, names, op_names)
+        final = path_weight_vector(dict(self.supernet.named_parameters()), names, op_names)
+        return angle_between(init, final)
+
+    def __call__(self, arch: Arch) -> dict[str, Any]:
+        start = time.perf_counter()
+        arch = self.supernet.space.validate(arch)
+        result: dict[str, Any] = {"score": None, "losses": None, "flatness": None, "accuracy": None,
+                                  "angle": None, "finite": True}
+        if self.uses_angle:
+            result["angle"] = self.angle(arch)
+        if self.uses_accuracy or self.uses_flatness:
+            def forward(x: torch.Tensor) -> torch.Tensor:
+                return self.supernet(x, arch)
+
+            with recalibrated_bn(self.supernet, forward, self.recalib_batches, self.amp_dtype):
+                if self.uses_accuracy:
+                    result["accuracy"] = top1_accuracy(forward, self.val_batches, self.amp_dtype)
+                if self.uses_flatness:
+                    result["losses"] = perturbed_losses(self.supernet, arch, self.val_batches, self.perturbation,
+                                                        self.amp_dtype)
+        result["seconds"] = time.perf_counter() - start
+        if result["losses"] is not None and not all(math.isfinite(v) for v in result["losses"]):
+            self.num_nonfinite += 1
+            warnings.warn(f"non-finite perturbed loss for {self.supernet.space.to_string(arch)} "
+                          f"(losses {result['losses']}): worst score; {self.num_nonfinite} such candidate(s) so far",
+                          RuntimeWarning, stacklevel=2)
+            result.update(score=-math.inf, finite=False)
+            return result
+        result["score"] = self._combine(result)
+        return result
+
+    def _combine(self, result: dict[str, Any]) -> float:
+        sigmas, base = self.perturbation.sigmas, 0.0
+        if self.uses_angle:
+            base += result["angle"] / math.pi
+        if self.uses_accuracy:
+            base += result["accuracy"]
+        if not self.uses_flatness:
+            return base
+        result["flatness"] = flatness_from_losses(result["losses"], sigmas, float(self.cfg["alpha"]))
+        if self.uses_angle or self.uses_accuracy:
+            return combined_score(base, result["flatness"], float(self.cfg["gamma"]), sigmas[0])
+        return result["flatness"]
