@@ -1,0 +1,139 @@
+"""Train and evaluate RetinaNet with a GeNAS (or any timm) backbone: Detectron2's standard train_net flow.
+
+    python detection/train_net.py --config-file configs/detection/retinanet_genas_c100_FPN_1x.yaml --num-gpus 8 \
+        MODEL.GENAS.WEIGHTS runs/imagenet/genas_c100/model_best.pth OUTPUT_DIR runs/detection/genas_c100
+    python detection/train_net.py --config-file configs/detection/retinanet_genas_c100_FPN_1x.yaml \
+        --eval-only MODEL.WEIGHTS runs/detection/genas_c100/model_final.pth OUTPUT_DIR runs/detection/genas_c100
+
+``--resume`` continues from ``OUTPUT_DIR/last_checkpoint``; trailing ``KEY VALUE`` pairs override the config.
+The standard COCO names need ``$DETECTRON2_DATASETS``; any other COCO-format data is registered from the config
+(``DATASETS.COCO_FORMAT``, see :mod:`detection.data`). After the final evaluation, COCO box AP, AP50, AP75, APs,
+APm, APl go to ``OUTPUT_DIR/results_detection.json`` (``genas.results`` format; one
+``results_detection_<dataset>.json`` per dataset when ``DATASETS.TEST`` has several).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable, List, Mapping, Optional
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+
+from detection.backbone import BackboneConfigError, check_backbone_config
+from detection.config import build_config
+from detection.data import DatasetConfigError, check_datasets, check_num_classes, register_coco_format_datasets
+from genas.results import write_result
+
+__all__ = ["DETECTION_METRICS", "Trainer", "setup", "write_detection_results", "main"]
+
+logger = logging.getLogger("detectron2")
+
+DETECTION_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+class Trainer(DefaultTrainer):
+    """Detectron2's ``DefaultTrainer`` (hooks, checkpoints, LR schedule, AMP) with COCO box evaluation."""
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> COCOEvaluator:
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        # Detectron2's C++ COCOeval when its _C is built, else pycocotools (the evaluator picks)
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+    def train(self) -> Optional[Mapping[str, Any]]:
+        """Train; return the results of the evaluation after the last iteration (None without DATASETS.TEST)."""
+        super().train()
+        return getattr(self, "_last_eval_results", None)  # set by DefaultTrainer's evaluation hook
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode) -> Iterable:
+        loader = super().build_train_loader(cfg)
+        check_num_classes(cfg, cfg.DATASETS.TRAIN)  # the loader has read the annotations, so the classes are known
+        return loader
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """The frozen config of a run; datasets and model name are checked before anything is written."""
+    cfg = build_config(args.config_file, args.opts)
+    if args.eval_only:  # MODEL.WEIGHTS replaces every backbone tensor: the ImageNet file is neither read nor needed
+        cfg.MODEL.GENAS.WEIGHTS = ""
+    check_backbone_config(cfg.MODEL.GENAS.NAME, cfg.MODEL.GENAS.WEIGHTS)
+    register_coco_format_datasets(cfg)
+    check_datasets(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
+    cuda_missing = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
+    if cuda_missing:
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    if cuda_missing:
+        logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu)")
+    return cfg
+
+
+def _finite_or_none(value: float) -> Optional[float]:
+    return value if math.isfinite(value) else None
+
+
+def write_detection_results(cfg: CfgNode, results: Mapping[str, Any], weights: str,
+                            iterations: Optional[int]) -> List[Path]:
+    """Write the box metrics of each test dataset as a ``genas.results`` file in ``cfg.OUTPUT_DIR``."""
+    if "bbox" in results:  # DefaultTrainer.test returns a single dataset's results without the dataset level
+        results = {cfg.DATASETS.TEST[0]: results}
+    paths = []
+    for dataset, result in results.items():
+        bbox = result["bbox"]
+        name = "results_detection.json" if len(results) == 1 else f"results_detection_{dataset}.json"
+        paths.append(write_result(
+            Path(cfg.OUTPUT_DIR) / name, kind="detection", model=cfg.MODEL.GENAS.NAME,
+            metrics={k: bbox[k] for k in DETECTION_METRICS},
+            dataset=dataset, weights=weights, imagenet_weights=cfg.MODEL.GENAS.WEIGHTS or None,
+            model_kwargs=dict(cfg.MODEL.GENAS.MODEL_KWARGS), iterations=iterations,
+            per_class_AP={k[len("AP-"):]: _finite_or_none(v) for k, v in bbox.items() if k.startswith("AP-")},
+        ))
+    return paths
+
+
+def main(args: argparse.Namespace) -> Mapping[str, Any]:
+    """Train (then evaluate) or, with ``--eval-only``, evaluate ``MODEL.WEIGHTS``; return the evaluation results."""
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        checkpoint = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+        last = checkpoint.get("iteration")  # index of the checkpoint's last training iteration
+        weights, iterations = cfg.MODEL.WEIGHTS, None if last is None else last + 1
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+        weights, iterations = os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), trainer.iter
+    if comm.is_main_process():
+        if results:
+            for path in write_detection_results(cfg, results, weights, iterations):
+                logger.info("results written to %s", path)
+        else:
+            logger.warning("no evaluation results (DATASETS.TEST is empty?): nothing written")
+    return results
+
+
+def cli(argv: Optional[List[str]] = None) -> None:
+    args = default_argument_parser().parse_args(argv)
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except (BackboneConfigError, DatasetConfigError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,385 @@
+"""Detection: the timm backbone for Detectron2, the RetinaNet configs, dataset registration, and a real run.
+
+The end-to-end tests train RetinaNet with the genas_c100 backbone (random init, BN) on 2 real COCO images of
+shared/data/coco128 (128 px), evaluate with COCOEvaluator on 8 images, resume, evaluate again through the CLI
+and infer one image. Numbers checked by hand: the DARTS ImageNet network of width C has 4C / 8C / 16C channels at
+strides 8 / 16 / 32 (a cell concatenates 4 nodes; each reduction doubles C), and 46 / 184 / 368 / 736 for C=46.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("detectron2", reason="Detectron2 is not installed (scripts/bootstrap.sh all installs it)")
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+from detectron2 import model_zoo  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.data.detection_utils import read_image  # noqa: E402
+from detectron2.engine import DefaultPredictor, default_argument_parser  # noqa: E402
+from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
+from detectron2.modeling import build_backbone  # noqa: E402
+from detectron2.modeling.backbone.fpn import LastLevelP6P7  # noqa: E402
+from detectron2.structures import Boxes, BoxMode, Instances  # noqa: E402
+from pycocotools.coco import COCO  # noqa: E402
+from pycocotools.cocoeval import COCOeval  # noqa: E402
+from torch import nn  # noqa: E402
+
+from detection.backbone import BackboneConfigError, TimmFeatureBackbone, create_feature_model  # noqa: E402
+from detection.config import build_config  # noqa: E402
+from detection.data import DatasetConfigError, check_datasets, register_coco_format_datasets  # noqa: E402
+from detection.train_net import DETECTION_METRICS, Trainer, main, setup, write_detection_results  # noqa: E402
+from genas.results import read_result  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "detection"
+GENAS_YAML = CONFIGS / "retinanet_genas_c100_FPN_1x.yaml"
+TABLE4_MODELS = {"genas_c100", "genas_af_c100", "pc_darts", "dropnas", "rlnas_angle_c100", "sdarts_adv"}
+TRAIN_ITERS = 10
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """On 2 busy cores, two intra-op threads per process slow Detectron2 training several times over."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _args(*argv: str):
+    return default_argument_parser().parse_args(list(argv))
+
+
+# ---------------------------------------------------------------- backbone
+
+def test_retinanet_backbone_levels_match_detectron2_resnet_recipe():
+    cfg = build_config(str(GENAS_YAML), ["MODEL.GENAS.WEIGHTS", ""])
+    fpn = build_backbone(cfg)
+    bottom_up = fpn.bottom_up
+    assert {k: (v.channels, v.stride) for k, v in bottom_up.output_shape().items()} == {
+        "res3": (184, 8), "res4": (368, 16), "res5": (736, 32)}
+    assert {k: (v.channels, v.stride) for k, v in fpn.output_shape().items()} == {
+        f"p{i}": (256, 2 ** i) for i in range(3, 8)}
+    # the same FPN + P6/P7 as Detectron2 builds around ResNet-50 (P6 from C5)
+    resnet_fpn = build_backbone(model_zoo.get_config("COCO-Detection/retinanet_R_50_FPN_1x.yaml"))
+    assert isinstance(fpn.top_block, LastLevelP6P7) and isinstance(resnet_fpn.top_block, LastLevelP6P7)
+    assert fpn.top_block.in_feature == resnet_fpn.top_block.in_feature == "res5"
+    assert fpn.top_block.p6.in_channels == 736 and resnet_fpn.top_block.p6.in_channels == 2048
+    assert fpn.in_features == resnet_fpn.in_features
+    assert fpn._out_features == resnet_fpn._out_features
+    assert fpn.size_divisibility == resnet_fpn.size_divisibility == 32
+    with torch.no_grad():
+        out = fpn.eval()(torch.zeros(1, 3, 128, 256))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        f"p{i}": (1, 256, math.ceil(128 / 2 ** i), math.ceil(256 / 2 ** i)) for i in range(3, 8)}
+
+
+@pytest.fixture(scope="module")
+def small_genas():
+    """genas_c100's cell at width 16: levels of 16 / 64 / 128 / 256 channels."""
+    return lambda: create_feature_model("genas_c100", model_kwargs={"C": 16})
+
+
+def _param_names(backbone: TimmFeatureBackbone, prefixes: tuple[str, ...]) -> set[str]:
+    return {n for n, _ in backbone.body.named_parameters() if n.startswith(prefixes)}
+
+
+def test_freeze_at_freezes_exactly_what_computes_the_levels(small_genas):
+    bb = TimmFeatureBackbone(small_genas(), ["res3", "res4", "res5"], freeze_at=1, norm="BN")
+    frozen = {n for n, p in bb.body.named_parameters() if not p.requires_grad}
+    # stride 4 = the output of stem0 (conv, BN, ReLU, conv, BN): its convs are frozen, its BNs became
+    # FrozenBatchNorm2d (whose affine tensors are buffers), everything else trains
+    assert frozen == {"model.stem0.0.weight", "model.stem0.3.weight"} == _param_names(bb, ("model.stem0.",))
+    assert isinstance(bb.body.model.stem0[1], FrozenBatchNorm2d) and isinstance(bb.body.model.stem0[4], FrozenBatchNorm2d)
+    assert isinstance(bb.body.model.stem1[2], nn.BatchNorm2d)
+    # the dependency probe ran in eval mode: no BN statistics were touched, training mode is back
+    assert bb.body.training
+    assert all(int(m.num_batches_tracked) == 0 for m in bb.body.modules() if isinstance(m, nn.BatchNorm2d))
+
+    bb = TimmFeatureBackbone(small_genas(), ["res3", "res4", "res5"], freeze_at=2, norm="BN")
+    frozen = {n for n, p in bb.body.named_parameters() if not p.requires_grad}
+    # stride 8 = cell 3's output: the stems and cells 0-3 (cell 4 is the first reduction)
+    assert frozen == _param_names(bb, ("model.stem0.", "model.stem1.", *(f"model.cells.{i}." for i in range(4))))
+
+    with pytest.raises(BackboneConfigError, match="FREEZE_AT=5 freezes up to stride 64"):
+        TimmFeatureBackbone(small_genas(), ["res5"], freeze_at=5)
+
+
+def test_any_timm_model_resnet18_freezes_like_detectron2_resnet():
+    """FREEZE_AT 1 on timm's ResNet-18 = Detectron2's ResNet FREEZE_AT 2: stem (conv1, bn1) and layer1."""
+    bb = TimmFeatureBackbone(create_feature_model("resnet18"), ["res3", "res4", "res5"], freeze_at=1)
+    assert {k: (v.channels, v.stride) for k, v in bb.output_shape().items()} == {
+        "res3": (128, 8), "res4": (256, 16), "res5": (512, 32)}
+    frozen = {n for n, p in bb.body.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1.weight", *(n for n, _ in bb.body.named_parameters() if n.startswith("layer1."))}
+    assert len(frozen) == 5  # conv1 + 2 blocks x 2 convs (all BNs are FrozenBatchNorm2d: buffers, not parameters)
+    with torch.no_grad():
+        out = bb(torch.zeros(1, 3, 64, 96))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "res3": (1, 128, 8, 12), "res4": (1, 256, 4, 6), "res5": (1, 512, 2, 3)}
+
+
+@pytest.mark.parametrize("norm, expected", [("FrozenBN", FrozenBatchNorm2d), ("SyncBN", nn.SyncBatchNorm),
+                                            ("BN", nn.BatchNorm2d)])
+def test_norm_converts_every_batchnorm(small_genas, norm, expected):
+    model = small_genas()
+    num_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    bb = TimmFeatureBackbone(model, ["res3", "res4", "res5"], freeze_at=0, norm=norm)
+    norms = [m for m in bb.body.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d))]
+    assert len(norms) == num_bn > 100 and all(type(m) is expected for m in norms)
+    assert all(p.requires_grad for p in bb.body.parameters())
+
+
+def test_imagenet_weights_are_loaded_through_timm(tmp_path, small_genas):
+    torch.manual_seed(0)
+    classifier = timm.create_model("genas_c100", C=16, auxiliary=True)
+    path = tmp_path / "model_final.pth"
+    torch.save({"state_dict": classifier.state_dict()}, path)  # the format of backbones/train_imagenet.py
+    loaded = create_feature_model("genas_c100", weights=str(path), model_kwargs={"C": 16})
+    reference = classifier.state_dict()
+    state = loaded.state_dict()
+    assert len(state) > 100
+    for k, v in state.items():
+        assert torch.equal(v, reference[k.removeprefix("model.")]), k
+    assert not torch.equal(small_genas().state_dict()["model.stem0.0.weight"], reference["stem0.0.weight"])
+    with pytest.raises(BackboneConfigError, match="missing.pth': ImageNet weights file not found"):
+        create_feature_model("genas_c100", weights=str(tmp_path / "missing.pth"))
+
+
+def test_model_kwargs_from_yaml(tmp_path):
+    """Any timm keyword from YAML: genas_c100's cell at width 16 with 8 cells (4C / 8C / 16C channels)."""
+    config = tmp_path / "small.yaml"
+    config.write_text(f'_BASE_: "{GENAS_YAML}"\nMODEL:\n  GENAS:\n    WEIGHTS: ""\n'
+                      f'    MODEL_KWARGS: {{C: 16, layers: 8}}\n')
+    bottom_up = build_backbone(build_config(str(config))).bottom_up
+    assert {k: v.channels for k, v in bottom_up.output_shape().items()} == {"res3": 64, "res4": 128, "res5": 256}
+    assert len(bottom_up.body.model.cells) == 8
+
+
+def test_wrong_model_name_is_one_clear_error():
+    cfg = build_config(str(GENAS_YAML), ["MODEL.GENAS.NAME", "genas_c1000", "MODEL.GENAS.WEIGHTS", ""])
+    with pytest.raises(BackboneConfigError, match=r"MODEL.GENAS.NAME='genas_c1000' is not a timm model.*genas_c100"):
+        build_backbone(cfg)
+    with pytest.raises(BackboneConfigError, match="OUT_FEATURES.*res6"):
+        TimmFeatureBackbone(create_feature_model("genas_c100", model_kwargs={"C": 16}), ["res6"])
+
+
+# ---------------------------------------------------------------- configs
+
+def test_base_config_is_detectron2_retinanet_recipe():
+    ours = build_config(str(GENAS_YAML)).clone()
+    reference = model_zoo.get_config("COCO-Detection/retinanet_R_50_FPN_1x.yaml").clone()
+    # what differs on purpose: the backbone, its input normalisation / channel order, the output folder
+    for cfg in (ours, reference):
+        for node, key in (("MODEL", "BACKBONE"), ("MODEL", "WEIGHTS"), ("MODEL", "PIXEL_MEAN"), ("MODEL", "PIXEL_STD"),
+                          ("MODEL", "RESNETS"), ("MODEL", "GENAS"), ("INPUT", "FORMAT"), ("DATASETS", "COCO_FORMAT"),
+                          (None, "OUTPUT_DIR")):
+            (cfg[node] if node else cfg).pop(key, None)
+    assert ours == reference
+    assert (ours.SOLVER.MAX_ITER, ours.SOLVER.IMS_PER_BATCH, ours.SOLVER.BASE_LR) == (90000, 16, 0.01)
+    assert ours.INPUT.MIN_SIZE_TRAIN == (640, 672, 704, 736, 768, 800)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("retinanet_*_FPN_1x.yaml")), ids=lambda p: p.stem)
+def test_model_configs(path):
+    cfg = build_config(str(path))
+    name = cfg.MODEL.GENAS.NAME
+    assert path.stem == f"retinanet_{name}_FPN_1x" and timm.is_model(name)
+    assert cfg.MODEL.GENAS.WEIGHTS == f"runs/{name}/model_final.pth"
+    assert cfg.MODEL.BACKBONE.NAME == "build_retinanet_genas_fpn_backbone"
+    # Detectron2 feeds (pixel - mean) / std on 0..255 RGB: what the backbone's ImageNet preprocessing gives
+    pretrained = timm.get_pretrained_cfg(name)
+    assert cfg.MODEL.PIXEL_MEAN == [255.0 * m for m in pretrained.mean]
+    assert cfg.MODEL.PIXEL_STD == [255.0 * s for s in pretrained.std]
+    assert cfg.INPUT.FORMAT == "RGB"
+
+
+def test_configs_cover_the_paper_table4_models():
+    names = {build_config(str(p)).MODEL.GENAS.NAME for p in CONFIGS.glob("retinanet_*_FPN_1x.yaml")}
+    assert TABLE4_MODELS <= names
+    assert {"genas_c10", "genas_af_c10"} <= names
+
+
+# ---------------------------------------------------------------- datasets
+
+def test_missing_dataset_paths_are_one_clear_error(tmp_path, coco128):
+    missing_json = tmp_path / "missing.json"
+    cfg = build_config(str(GENAS_YAML), [
+        "DATASETS.COCO_FORMAT", f"[['t_missing', '{missing_json}', '{coco128 / 'train2017'}']]",
+        "DATASETS.TRAIN", "('t_missing',)", "DATASETS.TEST", "('t_unknown',)"])
+    assert register_coco_format_datasets(cfg) == ["t_missing"]
+    with pytest.raises(DatasetConfigError) as err:
+        check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    message = str(err.value)
+    assert f"dataset 't_missing': annotation file {missing_json} does not exist" in message
+    assert "dataset 't_unknown' is not registered" in message
+    assert "DETECTRON2_DATASETS" in message and "DATASETS.COCO_FORMAT" in message
+    builtin = MetadataCatalog.get("coco_2017_val").json_file
+    if not Path(builtin).exists():
+        with pytest.raises(DatasetConfigError, match=f"annotation file {builtin} does not exist"):
+            check_datasets(["coco_2017_val"])
+
+
+def test_cli_reports_bad_dataset_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "detection/train_net.py", "--config-file", str(GENAS_YAML), "MODEL.GENAS.WEIGHTS", "",
+         "DATASETS.COCO_FORMAT", f"[['t_cli', '{tmp_path / 'none.json'}', '{tmp_path}']]",
+         "DATASETS.TRAIN", "('t_cli',)", "DATASETS.TEST", "('t_cli',)", "OUTPUT_DIR", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: dataset 't_cli': annotation file {tmp_path / 'none.json'} does not exist")
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- end to end on real COCO images
+
+def _subset(coco: dict, image_ids: list[int], path: Path) -> Path:
+    keep = set(image_ids)
+    subset = dict(coco, images=[i for i in coco["images"] if i["id"] in keep],
+                  annotations=[a for a in coco["annotations"] if a["image_id"] in keep])
+    path.write_text(json.dumps(subset))
+    return path
+
+
+@pytest.fixture(scope="module")
+def coco128_run(tmp_path_factory):
+    """Train 10 iterations on 2 images, evaluate on 8: (config file, output dir, eval json, trainer, results)."""
+    from conftest import shared_path  # a module-scoped fixture cannot use the function-scoped `coco128`
+
+    root = shared_path("coco128")
+    tmp = tmp_path_factory.mktemp("detection")
+    coco = json.loads((root / "annotations" / "instances_train2017.json").read_text())
+    ids = sorted(i["id"] for i in coco["images"])
+    train_json = _subset(coco, ids[:2], tmp / "train2.json")
+    eval_json = _subset(coco, ids[:8], tmp / "eval8.json")
+    images = root / "train2017"
+    config = tmp / "retinanet_genas_c100_small.yaml"
+    config.write_text(f"""
+_BASE_: "{GENAS_YAML}"
+MODEL:
+  DEVICE: cpu
+  GENAS:
+    WEIGHTS: ""
+    NORM: BN
+    FREEZE_AT: 0
+  RETINANET:
+    SCORE_THRESH_TEST: 0.0
+DATASETS:
+  COCO_FORMAT: [[t_coco128_train2, "{train_json}", "{images}"], [t_coco128_eval8, "{eval_json}", "{images}"]]
+  TRAIN: [t_coco128_train2]
+  TEST: [t_coco128_eval8]
+INPUT:
+  MIN_SIZE_TRAIN: [128]
+  MAX_SIZE_TRAIN: 192
+  MIN_SIZE_TEST: 128
+  MAX_SIZE_TEST: 192
+  RANDOM_FLIP: none
+SOLVER:
+  IMS_PER_BATCH: 2
+  BASE_LR: 0.01
+  STEPS: []
+  WARMUP_ITERS: 0
+  MAX_ITER: {TRAIN_ITERS}
+  CHECKPOINT_PERIOD: 100000
+DATALOADER:
+  NUM_WORKERS: 0
+SEED: 0
+OUTPUT_DIR: "{tmp / 'out'}"
+""")
+    cfg = setup(_args("--config-file", str(config)))
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()
+    write_detection_results(cfg, results, str(tmp / "out" / "model_final.pth"), trainer.iter)
+    return config, tmp / "out", eval_json, trainer, results
+
+
+def test_training_lowers_the_loss(coco128_run):
+    trainer = coco128_run[3]
+    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+    assert len(losses) == TRAIN_ITERS and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+
+
+def test_coco_evaluation_writes_finite_ap(coco128_run):
+    _, out, eval_json, _, results = coco128_run
+    written = read_result(out / "results_detection.json")
+    assert written["kind"] == "detection" and written["model"] == "genas_c100"
+    assert written["meta"]["dataset"] == "t_coco128_eval8" and written["meta"]["iterations"] == TRAIN_ITERS
+    metrics = written["metrics"]
+    assert set(metrics) == set(DETECTION_METRICS)
+    # the 8 images hold small, medium and large objects, so every metric is defined
+    assert all(v is not None and 0.0 <= v <= 100.0 for v in metrics.values()), metrics
+    assert metrics == {k: results["bbox"][k] for k in DETECTION_METRICS}
+    # recomputed from the evaluator's saved detections with plain pycocotools
+    gt = COCO(str(eval_json))
+    dets = json.loads((out / "inference" / "t_coco128_eval8" / "coco_instances_results.json").read_text())
+    assert len(dets) > 0
+    coco_eval = COCOeval(gt, gt.loadRes(dets), "bbox")
+    coco_eval.evaluate(), coco_eval.accumulate(), coco_eval.summarize()
+    assert [metrics[k] for k in DETECTION_METRICS] == pytest.approx(100 * coco_eval.stats[:6], abs=1e-6)
+
+
+def test_evaluator_gives_100_ap_to_the_ground_truth(coco128_run):
+    """Ground-truth boxes as predictions: AP 100 in every column, through the registered dataset's category map."""
+    config, out, *_ = coco128_run
+    cfg = build_config(str(config), ["OUTPUT_DIR", str(out.parent / "perfect")])
+    evaluator = Trainer.build_evaluator(cfg, "t_coco128_eval8")
+    evaluator.reset()
+    for record in DatasetCatalog.get("t_coco128_eval8"):
+        instances = Instances((record["height"], record["width"]))
+        annotations = record["annotations"]
+        instances.pred_boxes = Boxes(BoxMode.convert(torch.tensor([a["bbox"] for a in annotations]),
+                                                     BoxMode.XYWH_ABS, BoxMode.XYXY_ABS))
+        instances.scores = torch.ones(len(annotations))
+        instances.pred_classes = torch.tensor([a["category_id"] for a in annotations])
+        evaluator.process([{"image_id": record["image_id"]}], [{"instances": instances}])
+    results = evaluator.evaluate()
+    path, = write_detection_results(cfg, results, "ground truth", None)
+    assert read_result(path)["metrics"] == {k: pytest.approx(100.0) for k in DETECTION_METRICS}
+
+
+def test_resume_then_eval_only_cli(coco128_run):
+    config, out, *_ = coco128_run
+    main(_args("--config-file", str(config), "--resume", "SOLVER.MAX_ITER", str(TRAIN_ITERS + 2)))
+    logged = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    iterations = [row["iteration"] for row in logged if "total_loss" in row]
+    assert iterations == [TRAIN_ITERS - 1, TRAIN_ITERS + 1]  # the second run continued where the first stopped
+    resumed = read_result(out / "results_detection.json")
+    assert resumed["meta"]["iterations"] == TRAIN_ITERS + 2
+
+    eval_dir = out.parent / "eval_only"
+    proc = subprocess.run(
+        [sys.executable, "detection/train_net.py", "--config-file", str(config), "--eval-only",
+         "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(eval_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = read_result(eval_dir / "results_detection.json")
+    assert evaluated["meta"]["iterations"] == TRAIN_ITERS + 2
+    assert evaluated["metrics"] == pytest.approx(resumed["metrics"], abs=1e-6)
+
+
+def test_inference_on_a_real_image(coco128_run, coco128):
+    config, out, *_ = coco128_run
+    cfg = build_config(str(config), ["MODEL.WEIGHTS", str(out / "model_final.pth")])
+    image_path = coco128 / "train2017" / "000000000049.jpg"
+    image = read_image(str(image_path), format="BGR")
+    assert image.shape == (500, 381, 3)
+    instances = DefaultPredictor(cfg)(image)["instances"]
+    assert isinstance(instances, Instances) and instances.image_size == (500, 381)
+    assert 0 < len(instances) <= cfg.TEST.DETECTIONS_PER_IMAGE
+    boxes = instances.pred_boxes.tensor
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 2] <= 381).all() and (boxes[:, 3] <= 500).all()
+    assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+    assert ((instances.pred_classes >= 0) & (instances.pred_classes < 80)).all()
