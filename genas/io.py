@@ -6,6 +6,7 @@ moved into place with ``os.replace`` (atomic on POSIX).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -14,7 +15,8 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint",
+           "sha256_of"]
 
 
 def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None]) -> Path:
@@ -57,3 +59,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file (checkpoint provenance in result files and resume fingerprints)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import logging
 import pickle
 import sys
@@ -32,7 +31,7 @@ from genas.distributed import resolve_device
 from genas.evolution import (Search, SearchOutcome, SearchSettings, StateError, check_algorithm,
                              expand_to_all)
 from genas.flops import CostConstraint, NetworkCost
-from genas.io import atomic_write, atomic_write_json, atomic_write_text, load_checkpoint
+from genas.io import atomic_write, atomic_write_json, atomic_write_text, load_checkpoint, sha256_of
 from genas.results import write_result
 from genas.spaces import SearchSpace, get_space
 
@@ -164,14 +163,6 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class _Plan:
     """Everything checked before the first file is written."""
 
@@ -273,7 +264,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sigmas = list(plan.cfg["score"]["sigmas"]) if "flatness" in plan.metric.split("+") else []
     plan.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(plan.out / "config.yaml", dump_config(plan.cfg))
-    ckpt_sha = _sha256(plan.ckpt)
+    ckpt_sha = sha256_of(plan.ckpt)
     fingerprint = {"score": plan.cfg["score"], "data": plan.cfg["data"], "supernet_sha256": ckpt_sha,
                    "max_params": plan.cfg["search"]["max_params"], "max_flops": plan.cfg["search"]["max_flops"]}
     search = Search(plan.space, scorer, plan.settings, constraint=constraint, state_path=plan.state_path,

@@ -13,7 +13,6 @@ to those classes and the negative maximum softmax as anomaly score. Preprocessin
 from __future__ import annotations
 
 import argparse
-import hashlib
 import pickle
 import sys
 import time
@@ -28,6 +27,7 @@ from timm.data import create_transform, resolve_model_data_config
 from tqdm import tqdm
 
 import backbones  # noqa: F401  (registers the genas_* timm models)
+from genas.io import sha256_of
 from genas.results import write_result
 from robustness.layouts import (SETS, LayoutError, ImageSamples, Batch, collate_samples, embedded_wnids,
                                  indices_in_1k, layout_for, scan_images)
@@ -176,14 +176,6 @@ def evaluate(set_name: str, model: torch.nn.Module, samples: Sequence[tuple[str,
         metrics = {f"top{k}": 100.0 * n / num_images for k, n in hits.items()}
         counts = {}
     return Outcome(metrics, num_images, counts, skipped, time.perf_counter() - start)
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def v2_variant(root: str | Path) -> str:

@@ -5,9 +5,20 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GENAS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def torch_threads():
+    """Intra-op threads for the suite (GENAS_TEST_THREADS, default 1): the tensors in tests are small, and
+    extra OpenMP threads only add synchronisation (up to 10x slower on a busy 2-core machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("GENAS_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(previous)
 
 
 def shared_path(*parts: str) -> Path:

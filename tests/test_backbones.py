@@ -31,14 +31,6 @@ GENAS_MACS = {"genas_c100": 579_473_040, "genas_af_c100": 602_400_192, "genas_c1
               "genas_af_c10": 592_905_456}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: intra-op threads only add synchronisation (10x slower on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _small(name: str, **kwargs) -> torch.nn.Module:
     """A registered model at width C=8 (same cells and wiring, fast on CPU)."""

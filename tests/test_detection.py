@@ -45,14 +45,6 @@ TABLE4_MODELS = {"genas_c100", "genas_af_c100", "pc_darts", "dropnas", "rlnas_an
 TRAIN_ITERS = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """On 2 busy cores, two intra-op threads per process slow Detectron2 training several times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _args(*argv: str):
     return default_argument_parser().parse_args(list(argv))

@@ -21,14 +21,6 @@ DEAD_EDGE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|none~1|avg
 CORNER_ARCHS = [(0,) * 6, (0, 3, 3, 0, 2, 1), (3, 3, 3, 2, 0, 0), (4, 4, 0, 3, 0, 0)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The tensors here are tiny: one intra-op thread avoids OpenMP spinning on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def read_benchmark(path) -> list[dict[str, str]]:
     with open(path, newline="") as f:

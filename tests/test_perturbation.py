@@ -20,15 +20,6 @@ SMALL = {"recalib_batches": 2, "batch_size_recalib": 32, "eval_batches": 2, "eva
          "sigmas": [0.002, 0.01, 0.02], "seed": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tensors here are tiny: intra-op threads only add synchronisation (10x slower on a loaded 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data():
     return build_search_data({"name": "digits"})
