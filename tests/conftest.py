@@ -14,11 +14,18 @@ SHARED_DATA = Path(os.environ.get("GENAS_SHARED_DATA", REPO.parent / "shared" / 
 @pytest.fixture(autouse=True, scope="session")
 def torch_threads():
     """Intra-op threads for the suite (GENAS_TEST_THREADS, default 1): the tensors in tests are small, and
-    extra OpenMP threads only add synchronisation (up to 10x slower on a busy 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("GENAS_TEST_THREADS", "1")))
+    extra OpenMP threads only add synchronisation (up to 10x slower on a busy 2-core machine). Bit-exact
+    comparisons between an in-process run and a subprocess run need the same thread count in both."""
+    previous, previous_env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    threads = int(os.environ.get("GENAS_TEST_THREADS", "1"))
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # subprocesses (CLI tests) compute with the same threads
     yield
     torch.set_num_threads(previous)
+    if previous_env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = previous_env
 
 
 def shared_path(*parts: str) -> Path:

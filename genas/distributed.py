@@ -1,0 +1,111 @@
+"""Small DistributedDataParallel helpers: one code path for ``torchrun`` multi-GPU runs and plain CPU runs.
+
+A process group is created only when ``torchrun`` sets ``WORLD_SIZE > 1``; otherwise every helper answers as
+the single, main process, so training code never branches on whether it runs distributed.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "resolve_device", "init_distributed", "cleanup_distributed", "get_rank", "get_world_size",
+           "is_main", "barrier", "all_reduce_sum", "seed_everything", "get_rng_states", "set_rng_states"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> the local GPU if there is one, else CPU; ``cuda`` -> this process's GPU under torchrun."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {name!r} requested but CUDA is not available; use device=cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the ``torchrun`` process group when ``WORLD_SIZE > 1`` (NCCL on GPU, Gloo on CPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    torch_device = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if torch_device.type == "cuda":
+            torch.cuda.set_device(torch_device)
+        dist.init_process_group(backend="nccl" if torch_device.type == "cuda" else "gloo")
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=torch_device)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0 (the process that writes checkpoints, logs and progress bars)."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place (identity in a single process)."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def seed_everything(seed: int, per_rank: bool = False) -> int:
+    """Seed Python, NumPy and torch; with ``per_rank`` each rank gets ``seed + rank`` (e.g. for dropout).
+    Returns the seed used."""
+    seed = seed + get_rank() if per_rank else seed
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return seed
+
+
+def get_rng_states(device: torch.device) -> dict[str, Any]:
+    """This process's torch generator states (CPU, and CUDA on a GPU run), for resumable checkpoints."""
+    state = {"torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_states(state: Mapping[str, Any], device: torch.device) -> None:
+    """Restore what :func:`get_rng_states` saved."""
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])

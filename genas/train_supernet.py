@@ -1,0 +1,295 @@
+"""Single-path one-shot (SPOS) supernet training, resumable to the bit.
+
+Usage (from the repository root)::
+
+    python genas/train_supernet.py --config configs/supernet/nb201_digits.yaml   # -> runs/nb201_digits/supernet
+    python genas/train_supernet.py --config ... --out runs/x --resume train.epochs=2   # dotted overrides
+    torchrun --nproc_per_node 4 genas/train_supernet.py --config ... --out runs/x     # multi-GPU (DDP)
+
+Each step draws one architecture uniformly from the search space and only its path runs forward and
+backward (paper Eq. 6); SGD with momentum, per-step cosine learning rate ``lr -> lr_min`` over all steps (the
+reference anneals per epoch; per step is the smooth version of the same curve), weight decay and gradient
+clipping. Parameters off the sampled path get no gradient (``grad is None``), so SGD leaves them, their
+momentum and their weight decay untouched that step.
+
+Multi-GPU: every rank draws the architecture from an identically seeded generator, so all ranks train the
+SAME path on different data shards and DDP's all-reduce averages gradients of one sub-network (an effective
+batch of ``batch_size x world_size`` per architecture). DDP still needs ``find_unused_parameters=True``:
+whatever the path, most supernet weights are unused in a step and would otherwise stall its reducer.
+
+Files in ``<out>/supernet/``: ``init.pt`` (epoch-0 weights, for the angle score), ``last.pt`` (full training
+state, written every ``train.checkpoint_every_steps`` steps and at each epoch end), ``final.pt``,
+``config.yaml``, ``train_log.csv`` (step, epoch, lr, loss, acc, time) and TensorBoard events in ``tb/``.
+A resumed run restores model, optimizer, scheduler, AMP scaler, the architecture generator and the RNG states,
+and re-enters the epoch at the same sample (the data order depends only on seed and epoch), so killing and
+resuming gives the same final weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from genas.config import ConfigError, dump_config, load_config
+from genas.data import DatasetError, EpochSampler, RandomLabels, build_search_data
+from genas.distributed import (DistInfo, all_reduce_sum, barrier, cleanup_distributed, get_rng_states,
+                               init_distributed, seed_everything, set_rng_states)
+from genas.io import atomic_torch_save, atomic_write_text, load_checkpoint
+from genas.spaces import Supernet, build_supernet, get_space
+
+__all__ = ["AMP_DTYPES", "RunExistsError", "train_step", "train_supernet", "load_supernet", "main"]
+
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Settings that may differ between a run and its resumption (they do not change the trained weights).
+RESUMABLE_CHANGES = {"train.device", "train.workers", "train.checkpoint_every_steps", "train.log_every_steps"}
+LOG_FIELDS = ("step", "epoch", "lr", "loss", "acc", "time")
+
+
+class RunExistsError(FileExistsError):
+    """The output folder already holds a run that is not being resumed, or one trained with other settings."""
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+               *forward_args: Any, grad_clip: float, scaler: torch.amp.GradScaler,
+               amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step of ``model(images, *forward_args)`` (the supernet gets the arch, a standalone net nothing).
+
+    Returns the detached loss and the number of correct predictions as tensors (no device sync).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits = model(images, *forward_args)
+        loss = F.cross_entropy(logits, labels)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), (logits.detach().argmax(dim=1) == labels).sum()
+
+
+def _checkpoint_meta(cfg: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
+    return {"space": cfg["space"], "supernet": dict(cfg["supernet"]), "num_classes": num_classes}
+
+
+def load_supernet(path: str | Path, device: str | torch.device = "cpu") -> Supernet:
+    """Rebuild the supernet saved in a checkpoint of this trainer (``init.pt``, ``last.pt``, ``final.pt``)."""
+    ckpt = load_checkpoint(path, map_location="cpu")
+    missing = [k for k in ("model", "space", "supernet", "num_classes") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is not a supernet checkpoint of genas.train_supernet (missing {missing})")
+    model = build_supernet(ckpt["space"], ckpt["num_classes"], **ckpt["supernet"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device)
+
+
+def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_resume_config(saved: Mapping[str, Any], cfg: Mapping[str, Any], path: Path) -> None:
+    """Resuming with settings that change training would silently mix two runs: refuse it."""
+    old, new = _flatten({k: saved[k] for k in ("space", "supernet", "data", "train")}), \
+        _flatten({k: cfg[k] for k in ("space", "supernet", "data", "train")})
+    changed = sorted(k for k in old.keys() | new.keys() if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise RunExistsError(f"cannot resume {path}: it was trained with other settings ({diffs}); "
+                             f"use the same config or another --out")
+
+
+class _CsvLog:
+    """``train_log.csv``; on resume, rows written after the restored checkpoint are dropped first."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        rows = []
+        if resume_step > 0 and path.is_file():
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, fieldnames=LOG_FIELDS).writerow(row)
+
+
+def train_supernet(cfg: Mapping[str, Any], out_dir: str | Path, resume: bool = True) -> Path:
+    """Train the supernet of ``cfg`` into ``out_dir/supernet``; return the path of ``final.pt``.
+
+    With ``resume`` an interrupted run continues from ``last.pt`` (a finished one returns at once); without
+    it an existing run in ``out_dir`` raises :class:`RunExistsError`.
+    """
+    tcfg = cfg["train"]
+    info = init_distributed(tcfg["device"])
+    try:
+        return _train(cfg, Path(out_dir) / "supernet", resume, info)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: Mapping[str, Any], run_dir: Path, resume: bool, info: DistInfo) -> Path:
+    tcfg = cfg["train"]
+    last, final, init = run_dir / "last.pt", run_dir / "final.pt", run_dir / "init.pt"
+    existing = [p for p in (last, final, init) if p.is_file()]
+    if existing and not resume:
+        raise RunExistsError(f"{run_dir} already holds a run ({existing[0].name}); pass --resume to continue it "
+                             f"or choose another --out")
+    if resume and final.is_file():
+        _check_resume_config(load_checkpoint(final)["config"], cfg, final)
+        return final
+
+    data = build_search_data(cfg["data"])
+    train_set = RandomLabels(data.train, data.num_classes, tcfg["seed"]) if tcfg["random_labels"] else data.train
+    device, batch_size = info.device, tcfg["batch_size"]
+    sampler = EpochSampler(len(train_set), tcfg["seed"], info.rank, info.world_size)
+    steps_per_epoch = sampler.shard_size // batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_size={batch_size} exceeds the {sampler.shard_size} search-train samples "
+                          f"per process; lower it")
+    total_steps = tcfg["epochs"] * steps_per_epoch
+
+    seed_everything(tcfg["seed"])  # identical initial weights on every rank
+    space = get_space(cfg["space"])
+    model = build_supernet(cfg["space"], data.num_classes, **cfg["supernet"]).to(device)
+    memory_format = torch.channels_last if tcfg["channels_last"] else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=tcfg["lr"], momentum=tcfg["momentum"],
+                                weight_decay=tcfg["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1),
+                                                           eta_min=tcfg["lr_min"])
+    amp_dtype = AMP_DTYPES[tcfg["amp"]]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    arch_rng = np.random.default_rng(tcfg["seed"])  # same stream on every rank: all ranks train one path
+    meta = {**_checkpoint_meta(cfg, data.num_classes), "config": dict(cfg)}
+
+    step, elapsed, lr = 0, 0.0, tcfg["lr"]
+    if resume and last.is_file():
+        state = load_checkpoint(last, map_location="cpu")
+        _check_resume_config(state["config"], cfg, last)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        arch_rng.bit_generator.state = state["arch_rng"]
+        set_rng_states(state, device)
+        step, elapsed = state["step"], state["elapsed"]
+    elif info.is_main:
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        atomic_torch_save({**meta, "model": model.state_dict(), "epoch": 0, "step": 0}, init)
+
+    def save_last() -> None:
+        if info.is_main:
+            atomic_torch_save({**meta, "model": model.state_dict(), "epoch": step // steps_per_epoch,
+                               "step": step, "elapsed": elapsed, "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                               "arch_rng": arch_rng.bit_generator.state, **get_rng_states(device)}, last)
+
+    net = model
+    if info.world_size > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+    loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=tcfg["workers"],
+                        drop_last=True, pin_memory=device.type == "cuda", persistent_workers=tcfg["workers"] > 0)
+    csv_log = _CsvLog(run_dir / "train_log.csv", step) if info.is_main else None
+    tb = _summary_writer(run_dir / "tb", step) if info.is_main else contextlib.nullcontext()
+    sums = torch.zeros(3, device=device)  # loss * n, correct, n since the last log row
+    progress = tqdm(total=total_steps, initial=step, desc="supernet", unit="step", disable=not info.is_main,
+                    dynamic_ncols=True)
+
+    def log() -> None:
+        if sums[2] == 0:
+            return
+        loss, correct, count = all_reduce_sum(sums).tolist()
+        sums.zero_()
+        if info.is_main:
+            row = {"step": step, "epoch": (step - 1) // steps_per_epoch + 1, "lr": lr,
+                   "loss": loss / count, "acc": correct / count, "time": elapsed}
+            csv_log.write(row)
+            for key in ("loss", "acc", "lr"):
+                tb.add_scalar(f"train/{key}", row[key], step)
+            progress.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['acc']:.3f}", lr=f"{row['lr']:.4f}")
+
+    model.train()
+    with tb:
+        while step < total_steps:
+            epoch, done_in_epoch = divmod(step, steps_per_epoch)
+            sampler.set_epoch(epoch, done_in_epoch * batch_size)
+            started = time.perf_counter() - elapsed
+            for images, labels in loader:
+                images = images.to(device, non_blocking=True, memory_format=memory_format)
+                labels = labels.to(device, non_blocking=True)
+                arch = space.sample(arch_rng)
+                lr = optimizer.param_groups[0]["lr"]
+                loss, correct = train_step(net, optimizer, images, labels, arch, grad_clip=tcfg["grad_clip"],
+                                           scaler=scaler, amp_dtype=amp_dtype)
+                scheduler.step()
+                step += 1
+                elapsed = time.perf_counter() - started
+                sums[0] += loss.float() * len(labels)
+                sums[1] += correct
+                sums[2] += len(labels)
+                progress.update()
+                checkpoint = step % tcfg["checkpoint_every_steps"] == 0 or step % steps_per_epoch == 0
+                if checkpoint or step % tcfg["log_every_steps"] == 0:
+                    log()  # flushed at every checkpoint, so no partial sums need saving
+                if checkpoint:
+                    save_last()
+    progress.close()
+    if info.is_main:
+        atomic_torch_save({**meta, "model": model.state_dict(), "epoch": tcfg["epochs"], "step": step,
+                           "elapsed": elapsed}, final)
+    barrier()
+    return final
+
+
+def _summary_writer(path: Path, step: int):
+    from torch.utils.tensorboard import SummaryWriter  # imported lazily: tensorboard is slow to import
+
+    return SummaryWriter(str(path), purge_step=step if step > 0 else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train a one-shot supernet with single-path uniform sampling "
+                                                 "(SPOS).")
+    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/supernet/nb201_digits.yaml")
+    parser.add_argument("--out", help="run folder; checkpoints and logs go to <out>/supernet/ "
+                                      "(default: runs/<config name>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    parser.add_argument("--device", help="shortcut for train.device=... (cpu, cuda, cuda:1, auto)")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides such as train.epochs=2")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
+    try:
+        cfg = load_config(args.config, overrides)
+        final = train_supernet(cfg, args.out or Path("runs") / Path(args.config).stem, resume=args.resume)
+    except (ConfigError, DatasetError, RunExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"supernet: {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
