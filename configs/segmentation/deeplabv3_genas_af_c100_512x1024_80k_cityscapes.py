@@ -1,0 +1,8 @@
+# DeepLabv3 with the GeNAS (angle + flatness, CIFAR-100 search; paper Table 4: 72.05 mIoU) backbone
+# on Cityscapes, as deeplabv3_genas_c100 (512x1024 crops, 80k iterations).
+# Heads' in_channels: timm.create_model('genas_af_c100', features_only=True).feature_info.channels()[3], [2]
+_base_ = './deeplabv3_genas_c100_512x1024_80k_cityscapes.py'
+model = dict(
+    backbone=dict(model_name='genas_af_c100'),
+    decode_head=dict(in_channels=768),
+    auxiliary_head=dict(in_channels=384))

@@ -1,0 +1,147 @@
+"""An MMSegmentation backbone made of any timm model from ``backbones/`` (the GeNAS / DARTS cells included).
+
+:class:`GeNASBackbone` is MMSeg's own ``TIMMBackbone`` (timm ``features_only``) plus what the DeepLabv3 recipe
+needs from a backbone: the ImageNet weights file, ``frozen_stages`` and ``norm_eval``, and one clear error for a
+wrong model name or a missing weights file. Configs load it with
+``custom_imports = dict(imports=['segmentation.backbone'])`` and ``backbone=dict(type='GeNASBackbone', ...)``.
+
+How the DeepLabv3 head sees the features (no dilation)
+------------------------------------------------------
+MMSeg's R50-D8 recipe turns the strides of ResNet's last two stages into dilation (output stride 8). A DARTS
+network cannot be dilated honestly: a reduction cell downsamples through stride-2 separable / dilated convs,
+max / avg pooling and a ``FactorizedReduce`` (two offset stride-2 1x1 convs) inside the *next* cell's
+preprocessing; turning those into stride 1 changes what the ImageNet weights compute, and every later cell
+would need its own dilation rewrite. So the network runs unchanged and the heads read its native levels
+(0..3 at strides 4/8/16/32). ``configs/segmentation`` offers both honest choices:
+
+* output stride 32 (default): ASPP on level 3, the FCN auxiliary head on level 2. The whole ImageNet network
+  is used, which is the paper's "only the backbone replaced"; the ASPP rates follow DeepLabv3's rule
+  rate x output stride = const (12/24/36 at stride 8 -> 3/6/9 at stride 32).
+* output stride 16 (``*_os16_*`` config): ASPP on level 2, auxiliary on level 1, rates 6/12/18; the cells after
+  the second reduction are pruned (timm ``prune_intermediate_layers``), so the network is shorter than the one
+  trained on ImageNet.
+
+Input normalisation: the GeNAS / DARTS ImageNet models were trained on RGB in [0, 1] without mean/std (their timm
+``pretrained_cfg`` has mean 0, std 1), so the configs' ``SegDataPreProcessor`` uses mean 0, std 255,
+``bgr_to_rgb=True``. For another timm model use 255 x its ``pretrained_cfg`` mean / std.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any, Sequence
+
+import timm
+import torch
+from torch import nn
+
+from mmseg.models.backbones import TIMMBackbone
+from mmseg.registry import MODELS
+
+import backbones  # noqa: F401  (registers the GeNAS / DARTS timm models)
+
+__all__ = ["BackboneConfigError", "check_model_name", "GeNASBackbone"]
+
+
+class BackboneConfigError(ValueError):
+    """A backbone setting that cannot build a model; the message names the setting and the fix."""
+
+
+def check_model_name(name: str) -> None:
+    """Raise :class:`BackboneConfigError` listing the closest timm names when ``name`` is not a timm model."""
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
+    raise BackboneConfigError(
+        f"backbone model_name={name!r} is not a timm model. Closest timm names: {close or 'none'}; the suite's "
+        f"GeNAS / DARTS models: {timm.list_models(module='darts_net')} (import backbones registers them; "
+        f"timm.list_models('pattern*') lists the rest).")
+
+
+@MODELS.register_module()
+class GeNASBackbone(TIMMBackbone):
+    """A timm model from ``backbones/`` (or any timm model with ``features_only``) as an MMSeg backbone.
+
+    Args:
+        model_name: timm model name, e.g. ``genas_c100`` (``timm.list_models(module='darts_net')``).
+        out_indices: feature levels returned, in order (DARTS nets: 0..3 at strides 4/8/16/32); the layers after
+            the last one are pruned. The heads' ``in_index`` indexes this tuple.
+        weights: path of the model's ImageNet checkpoint, loaded through timm's pretrained loading
+            (``weights_only=True``; the model's checkpoint filter maps reference / DDP keys, the classifier is
+            dropped); ``''`` for random initialisation.
+        frozen_stages: ``-1`` trains everything; ``k >= 0`` freezes feature level ``k``, the levels before it and
+            every layer that computes them (DARTS: 0 = ``stem0``; 1 = the stems and cells 0-3; ...). Frozen
+            parameters get ``requires_grad=False`` and their modules stay in eval mode.
+        norm_eval: keep every BatchNorm of the backbone in eval mode while training (running statistics of the
+            ImageNet weights are not updated by the small segmentation batches), as MMSeg's ResNet does.
+        in_channels: input image channels.
+        init_cfg: MMEngine init config (unused with ``weights``).
+        **kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
+    """
+
+    def __init__(self, model_name: str, out_indices: Sequence[int] = (0, 1, 2, 3), weights: str = "",
+                 frozen_stages: int = -1, norm_eval: bool = False, in_channels: int = 3,
+                 init_cfg: dict | None = None, **kwargs: Any):
+        check_model_name(model_name)
+        if weights and not os.path.isfile(weights):
+            raise BackboneConfigError(f"backbone weights={weights!r}: ImageNet weights file not found; give the "
+                                      f"path of {model_name}'s ImageNet checkpoint, or '' for random init.")
+        overlay = dict(file=os.path.abspath(weights)) if weights else None
+        super().__init__(model_name, features_only=True, pretrained=bool(weights), checkpoint_path="",
+                         in_channels=in_channels, init_cfg=init_cfg, out_indices=tuple(out_indices),
+                         pretrained_cfg_overlay=overlay, **kwargs)
+        self.model_name = model_name
+        self.out_indices = tuple(out_indices)
+        self.norm_eval = norm_eval
+        self.frozen_stages = frozen_stages
+        #: names (in ``timm_model``) of the frozen modules; names, not objects, survive SyncBN conversion
+        self.frozen_modules = self._freeze_stages(frozen_stages)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.timm_model(x))
+
+    def _level_module(self, level: int) -> str:
+        """Name (inside ``timm_model``) of the module whose output is feature ``level``."""
+        info = self.timm_model.feature_info
+        if not 0 <= level < len(info.info):
+            raise BackboneConfigError(f"backbone frozen_stages={level}: {self.model_name} has feature levels "
+                                      f"0..{len(info.info) - 1}")
+        name = info.get("module", level)
+        # FeatureGetterNet keeps the model as `model.`; FeatureListNet flattens nested names with `_`
+        candidates = (f"model.{name}", name, name.replace(".", "_"))
+        modules = dict(self.timm_model.named_modules())
+        found = next((c for c in candidates if c in modules), None)
+        if found is None:
+            raise BackboneConfigError(f"backbone frozen_stages={level}: feature level {level} of {self.model_name} "
+                                      f"(module {name!r}) is pruned by out_indices={self.out_indices}; freeze "
+                                      f"only levels up to max(out_indices)")
+        return found
+
+    def _freeze_stages(self, frozen_stages: int) -> list[str]:
+        """Freeze the modules registered up to the end of level ``frozen_stages``' module (timm registers layers
+        in forward order); return the names of those holding parameters, kept in eval mode by :meth:`train`."""
+        if frozen_stages < 0:
+            return []
+        level = self._level_module(frozen_stages)
+        modules = list(self.timm_model.named_modules())  # pre-order: a module, then its descendants
+        end = max(i for i, (n, _) in enumerate(modules) if n == level or n.startswith(level + "."))
+        frozen = []
+        for name, module in modules[:end + 1]:
+            params = list(module.parameters(recurse=False))  # not recursive: ancestors of the level come first
+            for p in params:
+                p.requires_grad_(False)
+            if params:
+                frozen.append(name)
+        return frozen
+
+    def train(self, mode: bool = True) -> "GeNASBackbone":
+        """Train mode except for the frozen modules and, with ``norm_eval``, every BatchNorm."""
+        super().train(mode)
+        if mode:
+            for name in self.frozen_modules:
+                self.timm_model.get_submodule(name).eval()
+            if self.norm_eval:
+                for m in self.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+        return self

@@ -1,0 +1,76 @@
+"""Train DeepLabv3 with a GeNAS backbone (MMSeg's ``tools/train.py`` flow) and write the final validation's
+mIoU / mAcc / aAcc as the suite's result JSON.
+
+    python segmentation/train.py configs/segmentation/deeplabv3_genas_c100_512x1024_80k_cityscapes.py \
+        --data-root data/cityscapes --work-dir runs/seg/genas_c100 \
+        --cfg-options model.backbone.weights=genas_c100_imagenet.pth
+    torchrun --nproc_per_node 4 segmentation/train.py CONFIG --launcher pytorch [--resume] [--amp] ...
+
+A thin wrapper over MMEngine's ``Runner``: logs, ``iter_N.pth`` checkpoints and ``--resume`` (from the work dir's
+last checkpoint) are MMEngine's. The validation that ends training (MMEngine's ``IterBasedTrainLoop`` always
+validates at ``max_iters``) is written to ``<work-dir>/results_segmentation.json``; a run resumed after its end
+validates once more instead.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from segmentation.test import (SetupError, add_run_args, build_runner, mmengine_checkpoint_globals, prepare_config,
+                               write_segmentation_result)
+
+__all__ = ["last_val_metrics_hook", "main"]
+
+
+def last_val_metrics_hook():
+    """A hook keeping the metrics of this run's latest validation (the final one once training has ended).
+
+    Built on demand because ``mmengine.hooks`` imports ``mmengine.device``, which fixes the device on import:
+    after ``--device`` has been applied.
+    """
+    from mmengine.hooks import Hook
+
+    class LastValMetrics(Hook):
+        priority = "LOWEST"
+        metrics: dict | None = None
+
+        def after_val_epoch(self, runner, metrics: dict | None = None) -> None:
+            self.metrics = metrics
+
+    return LastValMetrics()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_run_args(parser)
+    parser.add_argument("--resume", action="store_true",
+                        help="resume from the last checkpoint in --work-dir (a fresh start when there is none)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (MMEngine's AmpOptimWrapper)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = prepare_config(args, ["train_dataloader", "val_dataloader"])
+    except SetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cfg.resume = args.resume
+    if args.amp:
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.loss_scale = "dynamic"
+    runner = build_runner(cfg)
+    last_val = last_val_metrics_hook()
+    runner.register_hook(last_val)
+    with mmengine_checkpoint_globals():  # --resume loads the last checkpoint
+        runner.train()
+    metrics = last_val.metrics if last_val.metrics is not None else runner.val()
+    checkpoint = os.path.join(runner.work_dir, f"iter_{runner.iter}.pth")
+    path = write_segmentation_result(runner, metrics, "val_dataloader",
+                                     checkpoint if os.path.isfile(checkpoint) else None, runner.iter)
+    if path is not None:
+        print(f"mIoU {metrics['mIoU']:.2f}  mAcc {metrics['mAcc']:.2f}  aAcc {metrics['aAcc']:.2f}  -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

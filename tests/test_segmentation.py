@@ -1,0 +1,281 @@
+"""MMSegmentation DeepLabv3 with GeNAS backbones: the backbone wrapper, the recipe configs, and a real train /
+test run on the one Cityscapes frame of ../shared/data/cityscapes_tiny (CPU, 64x128 input, a few iterations)."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("mmseg.models", reason="mmsegmentation with compiled mmcv ops is not installed "
+                                           "(scripts/bootstrap.sh all)")
+import timm  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import backbones  # noqa: E402,F401
+from genas.results import read_result  # noqa: E402
+from segmentation import test as seg_test  # noqa: E402
+from segmentation import train as seg_train  # noqa: E402
+from segmentation.backbone import BackboneConfigError, GeNASBackbone  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "segmentation"
+RECIPE = CONFIGS / "deeplabv3_genas_c100_512x1024_80k_cityscapes.py"
+FRAME = "leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png"
+LABELS = "gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelTrainIds.png"
+ITERS = 8
+
+
+# --------------------------------------------------------------------------------------------------
+# Backbone
+# --------------------------------------------------------------------------------------------------
+def test_backbone_levels_freeze_and_norm_eval():
+    torch.manual_seed(0)
+    net = GeNASBackbone("genas_c100", frozen_stages=1, norm_eval=True)
+    x = torch.randn(2, 3, 32, 64)
+    feats = net(x)
+    # genas_c100 (C=46): levels at strides 4/8/16/32 with C, 4C, 8C, 16C channels
+    assert [tuple(f.shape) for f in feats] == [(2, 46, 8, 16), (2, 184, 4, 8), (2, 368, 2, 4), (2, 736, 1, 2)]
+
+    # frozen_stages=1 freezes exactly the parameters level 1 depends on (read from autograd on an unfrozen twin)
+    twin = GeNASBackbone("genas_c100")
+    params = dict(twin.timm_model.named_parameters())
+    grads = torch.autograd.grad(twin(x)[1].sum(), list(params.values()), allow_unused=True)
+    needed = {n for n, g in zip(params, grads) if g is not None}
+    frozen = {n for n, p in net.timm_model.named_parameters() if not p.requires_grad}
+    assert frozen == needed and len(frozen) < len(params)
+    assert any(n.startswith("model.cells.3.") for n in frozen) and not any(
+        n.startswith("model.cells.4.") for n in frozen)
+
+    # train(): frozen modules and, with norm_eval, every BatchNorm stay in eval; running stats do not move
+    net.train()
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    assert net.frozen_modules and not any(net.timm_model.get_submodule(n).training for n in net.frozen_modules)
+    before = [m.running_mean.clone() for m in bns]
+    net(x)
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, bns))
+
+    # multi-GPU runs convert the BatchNorms to SyncBN (sync_bn='torch'): the frozen ones must stay in eval
+    sync = torch.nn.SyncBatchNorm.convert_sync_batchnorm(GeNASBackbone("genas_c100", frozen_stages=0)).train()
+    stem0_bn, stem1_bn = sync.timm_model.model.stem0[1], sync.timm_model.model.stem1[2]  # level 0 frozen
+    assert isinstance(stem0_bn, torch.nn.SyncBatchNorm) and not stem0_bn.training and stem1_bn.training
+
+    trainable = GeNASBackbone("genas_c100", out_indices=(0, 1, 2)).train()
+    assert all(p.requires_grad for p in trainable.parameters())
+    assert any(m.training for m in trainable.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    # out_indices stops at level 2: the cells after the second reduction (9..13) are pruned
+    assert len(trainable.timm_model.model.cells) == 9
+    assert [f.shape[1] for f in trainable(x)] == [46, 184, 368]
+
+
+def test_backbone_loads_imagenet_weights_file(tmp_path):
+    torch.manual_seed(1)
+    classifier = timm.create_model("genas_c100", num_classes=1000)
+    # as the reference trainer saves it: DDP prefix, wrapped in 'state_dict'
+    state = {f"module.{k}": v for k, v in classifier.state_dict().items()}
+    path = tmp_path / "genas_c100_imagenet.pth"
+    torch.save({"state_dict": state, "epoch": 250}, path)
+    net = GeNASBackbone("genas_c100", weights=str(path))
+    loaded = net.timm_model.model.state_dict()
+    for key in ("stem0.0.weight", "cells.3.preprocess1.op.1.weight", "cells.13._ops.7.op.1.weight"):
+        assert torch.equal(loaded[key], classifier.state_dict()[key]), key
+    assert net.is_init  # mmengine's init_weights must not overwrite the ImageNet weights
+
+    with pytest.raises(BackboneConfigError, match="weights file not found"):
+        GeNASBackbone("genas_c100", weights=str(tmp_path / "missing.pth"))
+
+
+def test_backbone_wrong_model_name_lists_close_names():
+    with pytest.raises(BackboneConfigError, match=r"genas_c1000.*not a timm model.*'genas_c100'"):
+        GeNASBackbone("genas_c1000")
+
+
+# --------------------------------------------------------------------------------------------------
+# Recipe configs
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("deeplabv3_*.py")), ids=lambda p: p.stem)
+def test_recipe_configs(path):
+    cfg = Config.fromfile(str(path))
+    assert cfg.custom_imports.imports == ["segmentation.backbone"]
+    backbone, decode, aux = cfg.model.backbone, cfg.model.decode_head, cfg.model.auxiliary_head
+    assert backbone.type == "GeNASBackbone" and timm.is_model(backbone.model_name)
+    model = timm.create_model(backbone.model_name, features_only=True, out_indices=backbone.out_indices)
+    channels = model.feature_info.channels()
+    # the heads read the levels they say, with the channels the backbone gives there
+    assert (decode.type, aux.type) == ("ASPPHead", "FCNHead")
+    assert decode.in_channels == channels[decode.in_index] and aux.in_channels == channels[aux.in_index]
+    assert aux.in_index == decode.in_index - 1 and decode.in_index == len(channels) - 1
+    # DeepLabv3's rate x output stride = 96 (12/24/36 at stride 8)
+    stride = model.feature_info.reduction()[decode.in_index]
+    assert [r * stride for r in decode.dilations[1:]] == [96, 192, 288]
+    # inputs as the ImageNet training saw them: 255 x the timm pretrained_cfg mean / std, RGB
+    pre = cfg.model.data_preprocessor
+    assert pre.mean == [255 * m for m in model.pretrained_cfg["mean"]] == [0.0, 0.0, 0.0]
+    assert pre.std == [255 * s for s in model.pretrained_cfg["std"]] and pre.bgr_to_rgb
+    # MMSeg's DeepLabv3 Cityscapes recipe
+    assert cfg.crop_size == (512, 1024) and pre.size == (512, 1024)
+    assert cfg.optimizer.lr == 0.01 and cfg.optimizer.momentum == 0.9 and cfg.optimizer.weight_decay == 5e-4
+    assert cfg.train_cfg.max_iters == 80000 and cfg.param_scheduler[0].type == "PolyLR"
+    assert cfg.param_scheduler[0].end == 80000 and cfg.param_scheduler[0].power == 0.9
+    assert cfg.train_dataloader.dataset.type == "CityscapesDataset" and decode.num_classes == aux.num_classes == 19
+
+
+# --------------------------------------------------------------------------------------------------
+# Train / test on the real frame
+# --------------------------------------------------------------------------------------------------
+def _tiny_config(path: Path, data_root: Path, iters: int) -> Path:
+    """The genas_c100 recipe (SGD lr 0.01, poly) on the one frame resized to 64x128, deterministic so that
+    overfitting shows. (At 32x64 the stride-32 level is 1x2 and the random-init backbone's first gradients
+    explode through its BatchNorms.)"""
+    path.write_text(f"""
+_base_ = {str(RECIPE)!r}
+data_root = {str(data_root)!r}
+crop_size = (64, 128)
+model = dict(data_preprocessor=dict(size=crop_size))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='Resize', scale=(128, 64), keep_ratio=True),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 64), keep_ratio=True),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+split = dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val')
+# batch 2: ASPP's image-pooling BatchNorm needs more than one value per channel in training
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root, data_prefix=split, pipeline=train_pipeline))
+val_dataloader = dict(num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root, data_prefix=split, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end={iters}, by_epoch=False)]
+train_cfg = dict(max_iters={iters}, val_interval={iters})
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval={iters}))
+log_processor = dict(window_size=1)  # log every iteration's own loss
+randomness = dict(seed=0)
+""")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import shared_path  # a module-scoped fixture cannot use the function-scoped `cityscapes_tiny`
+    data_root = shared_path("cityscapes_tiny")
+    tmp = tmp_path_factory.mktemp("seg")
+    config = _tiny_config(tmp / "tiny.py", data_root, ITERS)
+    work_dir = tmp / "train"
+    assert seg_train.main([str(config), "--work-dir", str(work_dir)]) == 0
+    return dict(config=config, work_dir=work_dir, data_root=data_root)
+
+
+def _losses(work_dir: Path) -> list[float]:
+    """Per-iteration training losses MMEngine logged in ``work_dir`` (all runs, oldest first)."""
+    rows = [json.loads(line) for scalars in sorted(work_dir.glob("*/vis_data/scalars.json"))
+            for line in scalars.read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+def test_train_loss_goes_down_when_overfitting_the_frame(trained):
+    losses = _losses(trained["work_dir"])
+    assert len(losses) == ITERS and all(math.isfinite(v) for v in losses)
+    # measured: 3.68 3.46 3.11 2.74 2.42 2.23 2.08 2.03 (last three / first three = 0.62)
+    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+    assert last < 0.75 * first, losses
+
+
+def _miou_from_label_map(pred: np.ndarray, gt: np.ndarray, num_classes: int = 19) -> tuple[float, float]:
+    """mIoU and aAcc (percent) of one label map, ignoring 255, averaged over the classes present in the
+    ground truth or the prediction (IoUMetric's nanmean)."""
+    valid = gt != 255
+    p, g = pred[valid].astype(np.int64), gt[valid].astype(np.int64)
+    conf = np.bincount(g * num_classes + p, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    inter = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = inter / union  # nan where a class is neither in gt nor predicted
+    return float(np.nanmean(iou) * 100), float(inter.sum() / valid.sum() * 100)
+
+
+def test_train_result_test_cli_and_inference_agree(trained, tmp_path):
+    from mmseg.apis import inference_model, init_model
+
+    work_dir = trained["work_dir"]
+    train_result = read_result(work_dir / seg_test.RESULT_FILE)
+    assert train_result["kind"] == "segmentation" and train_result["model"] == "genas_c100"
+    assert train_result["meta"]["iterations"] == ITERS
+    checkpoint = Path(train_result["meta"]["checkpoint"])
+    assert checkpoint == work_dir / f"iter_{ITERS}.pth" and checkpoint.is_file()
+    metrics = train_result["metrics"]
+    assert set(metrics) == {"mIoU", "mAcc", "aAcc"}
+    assert all(math.isfinite(v) and 0 <= v <= 100 for v in metrics.values()), metrics
+
+    # segmentation/test.py on the final checkpoint gives the final validation's numbers
+    test_dir = tmp_path / "test"
+    assert seg_test.main([str(trained["config"]), str(checkpoint), "--work-dir", str(test_dir)]) == 0
+    test_result = read_result(test_dir / seg_test.RESULT_FILE)
+    assert test_result["metrics"] == metrics and test_result["meta"]["iterations"] == ITERS
+
+    # inference returns a label map of the image size, whose mIoU recomputed here matches IoUMetric's
+    with seg_test.mmengine_checkpoint_globals():
+        model = init_model(str(trained["config"]), str(checkpoint), device="cpu")
+    frame = trained["data_root"] / FRAME
+    pred = inference_model(model, str(frame)).pred_sem_seg.data
+    gt = np.array(Image.open(trained["data_root"] / LABELS))
+    assert pred.shape == (1, *gt.shape) == (1, 128, 256) and pred.dtype == torch.int64
+    miou, aacc = _miou_from_label_map(pred[0].numpy(), gt)
+    assert miou == pytest.approx(metrics["mIoU"], abs=0.01) and aacc == pytest.approx(metrics["aAcc"], abs=0.01)
+
+
+def test_resume_after_the_end_revalidates(trained, tmp_path):
+    """--resume on a finished run loads its last checkpoint (MMEngine's resume) and writes the same result again."""
+    result = trained["work_dir"] / seg_test.RESULT_FILE
+    before = read_result(result)
+    result.unlink()
+    assert seg_train.main([str(trained["config"]), "--work-dir", str(trained["work_dir"]), "--resume"]) == 0
+    after = read_result(result)
+    assert after["metrics"] == before["metrics"] and after["meta"]["iterations"] == ITERS
+    assert len(_losses(trained["work_dir"])) == ITERS  # resumed at the end: no training iteration ran again
+
+
+# --------------------------------------------------------------------------------------------------
+# Clear errors
+# --------------------------------------------------------------------------------------------------
+def test_missing_data_root_is_one_clear_error(tmp_path):
+    """From the command line, as a user runs it: one line on stderr, exit 2, nothing written."""
+    work_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "segmentation/train.py", str(RECIPE), "--data-root", str(tmp_path / "nope"),
+                           "--work-dir", str(work_dir)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and "\n" not in err, proc.stderr
+    assert err.startswith(f"error: train_dataloader.dataset.data_root={str(tmp_path / 'nope')!r}: folder not found")
+    assert "pass --data-root PATH" in err and not work_dir.exists()
+
+
+def test_data_root_without_labels_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "leftImg8bit" / "val").mkdir(parents=True)
+    (tmp_path / "gtFine" / "val").mkdir(parents=True)  # labels not converted: no *_labelTrainIds.png
+    rc = seg_test.main([str(RECIPE), str(tmp_path / "x.pth"), "--data-root", str(tmp_path),
+                        "--work-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert err.startswith(f"error: test_dataloader.dataset.data_root={str(tmp_path)!r}: no *_gtFine_labelTrainIds.png")
+    assert not (tmp_path / "run").exists()
+
+
+def test_wrong_model_name_is_one_clear_error(tmp_path, capsys):
+    rc = seg_test.main([str(RECIPE), str(tmp_path / "x.pth"), "--work-dir", str(tmp_path / "run"),
+                        "--cfg-options", "model.backbone.model_name=genas_c1000"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert "model_name='genas_c1000' is not a timm model" in err and "'genas_c100'" in err
+    assert not (tmp_path / "run").exists()
