@@ -22,7 +22,8 @@ state, written every ``train.checkpoint_every_steps`` steps and at each epoch en
 ``config.yaml``, ``train_log.csv`` (step, epoch, lr, loss, acc, time) and TensorBoard events in ``tb/``.
 A resumed run restores model, optimizer, scheduler, AMP scaler, the architecture generator and the RNG states,
 and re-enters the epoch at the same sample (the data order depends only on seed and epoch), so killing and
-resuming gives the same final weights as an uninterrupted run.
+resuming gives the same final weights as an uninterrupted run (bit for bit on the same device and number of
+CPU threads: float sums are reduced in a thread-count-dependent order).
 """
 from __future__ import annotations
 
@@ -78,10 +79,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
     scaler.step(optimizer)
     scaler.update()
     return loss.detach(), (logits.detach().argmax(dim=1) == labels).sum()
-
-
-def _checkpoint_meta(cfg: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
-    return {"space": cfg["space"], "supernet": dict(cfg["supernet"]), "num_classes": num_classes}
 
 
 def load_supernet(path: str | Path, device: str | torch.device = "cpu") -> Supernet:
@@ -141,12 +138,13 @@ def train_supernet(cfg: Mapping[str, Any], out_dir: str | Path, resume: bool = T
     With ``resume`` an interrupted run continues from ``last.pt`` (a finished one returns at once); without
     it an existing run in ``out_dir`` raises :class:`RunExistsError`.
     """
-    tcfg = cfg["train"]
-    info = init_distributed(tcfg["device"])
+    caller_group = torch.distributed.is_initialized()  # a caller's process group is the caller's to close
+    info = init_distributed(cfg["train"]["device"])
     try:
         return _train(cfg, Path(out_dir) / "supernet", resume, info)
     finally:
-        cleanup_distributed()
+        if not caller_group:
+            cleanup_distributed()
 
 
 def _train(cfg: Mapping[str, Any], run_dir: Path, resume: bool, info: DistInfo) -> Path:
@@ -182,7 +180,8 @@ def _train(cfg: Mapping[str, Any], run_dir: Path, resume: bool, info: DistInfo) 
     amp_dtype = AMP_DTYPES[tcfg["amp"]]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     arch_rng = np.random.default_rng(tcfg["seed"])  # same stream on every rank: all ranks train one path
-    meta = {**_checkpoint_meta(cfg, data.num_classes), "config": dict(cfg)}
+    meta = {"space": cfg["space"], "supernet": dict(cfg["supernet"]), "num_classes": data.num_classes,
+            "config": dict(cfg)}  # what load_supernet rebuilds the network from
 
     step, elapsed, lr = 0, 0.0, tcfg["lr"]
     if resume and last.is_file():
