@@ -184,11 +184,11 @@ def _load_cifar(name: str, root: Path, download: bool) -> tuple[ImageTensors, in
     files = "data_batch_1..5, batches.meta" if name == "cifar10" else "train, meta"
     try:
         dataset = cls(str(root), train=True, download=download)
-    except RuntimeError as exc:
+    except RuntimeError:
         raise DatasetError(
             f"{name} not found or corrupted under {root}: expected {root / folder}/ with {files} (the python "
             f"version of the dataset). Set data.root to the folder that contains {folder}, or data.download=true "
-            f"to let torchvision download it there. ({exc})") from None
+            f"to let torchvision download it there.") from None
     images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
     return ImageTensors(images, torch.tensor(dataset.targets)), len(dataset.classes)
 
@@ -217,7 +217,8 @@ def load_imagenet16(root: Path, num_classes: int = IMAGENET16_CLASSES) -> ImageT
     if missing:
         raise DatasetError(
             f"ImageNet16-120 not found under {root}: expected the downsampled-ImageNet 16x16 pickles "
-            f"train_data_batch_1 .. train_data_batch_10 there (missing: {', '.join(missing)}). Set data.root to "
+            f"train_data_batch_1 .. train_data_batch_10 there "
+            f"({'found none' if len(missing) == len(paths) else 'missing: ' + ', '.join(missing)}). Set data.root to "
             f"the folder holding them (the ImageNet16 folder of NAS-Bench-201).")
     images, labels = [], []
     for path in paths:
@@ -270,9 +271,7 @@ def build_search_data(data_cfg: Mapping[str, Any]) -> SearchData:
     else:
         if data_cfg.get("root") is None:
             raise DatasetError(f"data.root is not set: dataset {name!r} needs the folder it is stored in")
-        root = Path(data_cfg["root"]).expanduser()
-        if not root.is_dir() and not (data_cfg.get("download") and not root.exists()):
-            raise DatasetError(f"data.root {root} is not a directory (dataset {name!r})")
+        root = Path(data_cfg["root"]).expanduser()  # each loader says what it expected to find there
         mean, std = _STATS[name]
         if name in ("cifar10", "cifar100"):
             base, num_classes = _load_cifar(name, root, bool(data_cfg.get("download")))

@@ -122,8 +122,12 @@ def test_imagenet16_120_pickles(tmp_path):
 
 
 def test_imagenet16_errors(tmp_path):
-    with pytest.raises(DatasetError, match=r"missing: train_data_batch_1, .*train_data_batch_10"):
+    with pytest.raises(DatasetError, match=r"pickles train_data_batch_1 .. train_data_batch_10 there \(found none\)"):
         build_search_data(_cfg(name="imagenet16-120", root=str(tmp_path)))
+    for i in range(1, 10):
+        _write_imagenet16_batch(tmp_path / f"train_data_batch_{i}", np.zeros((1, 768), np.uint8), [1])
+    with pytest.raises(DatasetError, match=r"\(missing: train_data_batch_10\)"):
+        load_imagenet16(tmp_path)
     for i in range(1, 11):
         _write_imagenet16_batch(tmp_path / f"train_data_batch_{i}", np.zeros((1, 768), np.uint8), [1])
     with open(tmp_path / "train_data_batch_3", "wb") as f:
@@ -162,7 +166,9 @@ def test_missing_roots_give_one_clear_error(tmp_path):
         build_search_data(_cfg(name="cifar100", root=str(tmp_path)))
     with pytest.raises(DatasetError, match=r"data.root is not set: dataset 'cifar10' needs"):
         build_search_data(_cfg(name="cifar10"))
-    with pytest.raises(DatasetError, match=r"data.root .*nope is not a directory"):
+    with pytest.raises(DatasetError, match=r"no image folder dataset under .*nope: expected one sub-folder"):
         build_search_data(_cfg(name="imagefolder", root=str(tmp_path / "nope")))
+    with pytest.raises(DatasetError, match=r"cifar10 not found or corrupted under .*nope: expected"):
+        build_search_data(_cfg(name="cifar10", root=str(tmp_path / "nope")))
     with pytest.raises(DatasetError, match=r"data.download is only supported for cifar10/cifar100"):
         build_search_data(_cfg(name="imagenet16-120", root=str(tmp_path), download=True))
