@@ -29,7 +29,6 @@ seed and epoch); augmentation draws inside loader workers are not replayed.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -50,7 +49,7 @@ from tqdm import tqdm
 from backbones.darts_net import VARIANTS
 from genas.config import ConfigError, merge_config
 from genas.distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, seed_everything
-from genas.io import atomic_torch_save, atomic_write_text, load_checkpoint
+from genas.io import CsvLog, atomic_torch_save, atomic_write_text, load_checkpoint
 from genas.results import write_result
 
 __all__ = ["DEFAULTS", "reference_lr", "train", "main"]
@@ -102,25 +101,6 @@ def reference_lr(epoch: int, base_lr: float, epochs: int, warmup_epochs: int) ->
     if epoch < warmup_epochs:
         return base_lr * (epoch + 1) / warmup_epochs
     return base_lr * (epochs - epoch) / (epochs - warmup_epochs)
-
-
-class _CsvLog:
-    """Append-only CSV; on resume, rows written after the restored step are dropped first."""
-
-    def __init__(self, path: Path, fields: Sequence[str], resume_step: int):
-        self.path, self.fields = path, fields
-        rows = []
-        if resume_step > 0 and path.is_file():
-            with open(path, newline="", encoding="utf-8") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def write(self, row: Mapping[str, Any]) -> None:
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=self.fields).writerow(row)
 
 
 def _check_config(cfg: Mapping[str, Any]) -> None:
@@ -296,8 +276,8 @@ def _train(cfg: dict[str, Any], out: Path, resume: bool, info: DistInfo) -> Path
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-        train_log = _CsvLog(out / "train_log.csv", TRAIN_FIELDS, step)
-        eval_log = _CsvLog(out / "eval_log.csv", EVAL_FIELDS, step)
+        train_log = CsvLog(out / "train_log.csv", TRAIN_FIELDS, step)
+        eval_log = CsvLog(out / "eval_log.csv", EVAL_FIELDS, step)
 
     def save_state(next_epoch: int, next_batch: int) -> None:
         if info.is_main:

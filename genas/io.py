@@ -6,17 +6,18 @@ moved into place with ``os.replace`` (atomic on POSIX).
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint",
-           "sha256_of"]
+           "sha256_of", "CsvLog"]
 
 
 def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None]) -> Path:
@@ -68,3 +69,26 @@ def sha256_of(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class CsvLog:
+    """Append-only CSV log of a resumable run: on resume, rows logged after the restored ``step`` (work that
+    is redone) are dropped first, so the log of a resumed run equals that of an uninterrupted one."""
+
+    def __init__(self, path: str | os.PathLike, fields: Sequence[str], resume_step: int = 0):
+        self.path, self.fields = Path(path), tuple(fields)
+        rows = []
+        if resume_step > 0 and self.path.is_file():
+            with open(self.path, newline="", encoding="utf-8") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        atomic_write(self.path, lambda tmp: self._write_rows(tmp, rows))
+
+    def _write_rows(self, path: str, rows: list[Mapping[str, Any]]) -> None:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, fieldnames=self.fields).writerow(row)

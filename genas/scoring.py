@@ -46,12 +46,6 @@ __all__ = ["METRICS", "ArchScorer", "path_weight_vector"]
 
 METRICS = ("accuracy", "angle", "flatness", "angle+flatness", "accuracy+flatness", "angle+accuracy")
 
-# Scorer options not (yet) in genas.config.DEFAULTS["score"]: evaluate the t sigmas together with vmap,
-# the power-iteration tolerance of the Hessian direction, autocast for scoring (null = fp32), and the
-# channels_last memory format (1.5x faster NB201 forwards on CPU; changes float summation order only).
-EXTRA_DEFAULTS: dict[str, Any] = {"batched_sigmas": False, "hessian_tol": 1e-4, "amp": None,
-                                  "channels_last": False}
-
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Constants of parameter-free ops in the angle vector (see the module docstring).
@@ -76,7 +70,7 @@ def path_weight_vector(weights: Mapping[str, torch.Tensor], names: list[str], op
 
 
 def _score_config(score_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    known = {**DEFAULTS["score"], **EXTRA_DEFAULTS}
+    known = DEFAULTS["score"]
     unknown = sorted(set(score_cfg) - set(known))
     if unknown:
         raise ValueError(f"unknown score option(s) {unknown}; known options: {sorted(known)}")

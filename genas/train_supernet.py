@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import sys
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ from genas.config import ConfigError, dump_config, load_config
 from genas.data import DatasetError, EpochSampler, RandomLabels, build_search_data
 from genas.distributed import (DistInfo, all_reduce_sum, barrier, cleanup_distributed, get_rng_states,
                                init_distributed, seed_everything, set_rng_states)
-from genas.io import atomic_torch_save, atomic_write_text, load_checkpoint
+from genas.io import CsvLog, atomic_torch_save, atomic_write_text, load_checkpoint
 from genas.spaces import Supernet, build_supernet, get_space
 
 __all__ = ["AMP_DTYPES", "RunExistsError", "train_step", "train_supernet", "load_supernet", "main"]
@@ -111,25 +110,6 @@ def _check_resume_config(saved: Mapping[str, Any], cfg: Mapping[str, Any], path:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
         raise RunExistsError(f"cannot resume {path}: it was trained with other settings ({diffs}); "
                              f"use the same config or another --out")
-
-
-class _CsvLog:
-    """``train_log.csv``; on resume, rows written after the restored checkpoint are dropped first."""
-
-    def __init__(self, path: Path, resume_step: int):
-        self.path = path
-        rows = []
-        if resume_step > 0 and path.is_file():
-            with open(path, newline="", encoding="utf-8") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def write(self, row: Mapping[str, Any]) -> None:
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=LOG_FIELDS).writerow(row)
 
 
 def train_supernet(cfg: Mapping[str, Any], out_dir: str | Path, resume: bool = True) -> Path:
@@ -211,7 +191,7 @@ def _train(cfg: Mapping[str, Any], run_dir: Path, resume: bool, info: DistInfo) 
         net = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
     loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=tcfg["workers"],
                         drop_last=True, pin_memory=device.type == "cuda", persistent_workers=tcfg["workers"] > 0)
-    csv_log = _CsvLog(run_dir / "train_log.csv", step) if info.is_main else None
+    csv_log = CsvLog(run_dir / "train_log.csv", LOG_FIELDS, step) if info.is_main else None
     tb = _summary_writer(run_dir / "tb", step) if info.is_main else contextlib.nullcontext()
     sums = torch.zeros(3, device=device)  # loss * n, correct, n since the last log row
     progress = tqdm(total=total_steps, initial=step, desc="supernet", unit="step", disable=not info.is_main,
