@@ -10,7 +10,7 @@
    With ``--channels-last`` the naive reference keeps NCHW (as the reference code); the loss difference that
    the memory format alone makes (float summation order) is printed separately.
 
-Run from the repo root: ``python benchmarks/bench_flatness.py --device cpu --channels-last``.
+Run from the repo root: ``python benchmarks/bench_flatness.py --device cpu`` (``--no-channels-last`` for NCHW).
 Timings are the minimum over ``--repeats`` runs of each candidate; ``--clock cpu`` (process CPU time, use it
 with ``--threads 1``) is robust to other processes on a busy machine.
 """
@@ -111,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size-recalib", type=int, default=64)
     parser.add_argument("--eval-batch-size", type=int, default=256, help="ours; the reference uses 64")
     parser.add_argument("--batched-sigmas", action="store_true", help="evaluate the sigmas together (vmap)")
-    parser.add_argument("--channels-last", action="store_true", help="score in channels_last (ours only)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                        default=DEFAULTS["score"]["channels_last"],
+                        help="score in channels_last (ours only; default: the scorer's default)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

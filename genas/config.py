@@ -71,7 +71,7 @@ DEFAULTS: dict[str, Any] = {
         "hessian_tol": 1.0e-4,
         "batched_sigmas": False,  # evaluate the t perturbed parameter sets together (torch.func.vmap; GPU)
         "amp": None,              # autocast for scoring; refused when sigma_1 is below the dtype's resolution
-        "channels_last": False,   # ~1.5x faster NB201 forwards on CPU; changes float summation order only
+        "channels_last": True,    # ~1.7x faster NB201 scoring on CPU; changes float summation order only
     },
     "search": {
         "algorithm": "evolution",
