@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from genas.train_supernet import train_supernet
         start = time.perf_counter()
         reused = plan.ckpt.is_file()
-        plan.ckpt = train_supernet(plan.cfg, plan.out, resume=True)
+        plan.ckpt = train_supernet(plan.cfg, plan.out, resume=True, show_progress=not args.no_progress)
         supernet_seconds = None if reused else time.perf_counter() - start
     supernet = _load_supernet(plan, data.num_classes)
     init_state = load_checkpoint(plan.init_path)["model"] if plan.needs_init else None

@@ -112,7 +112,8 @@ def _check_resume_config(saved: Mapping[str, Any], cfg: Mapping[str, Any], path:
                              f"use the same config or another --out")
 
 
-def train_supernet(cfg: Mapping[str, Any], out_dir: str | Path, resume: bool = True) -> Path:
+def train_supernet(cfg: Mapping[str, Any], out_dir: str | Path, resume: bool = True,
+                   show_progress: bool = True) -> Path:
     """Train the supernet of ``cfg`` into ``out_dir/supernet``; return the path of ``final.pt``.
 
     With ``resume`` an interrupted run continues from ``last.pt`` (a finished one returns at once); without
@@ -121,13 +122,13 @@ def train_supernet(cfg: Mapping[str, Any], out_dir: str | Path, resume: bool = T
     caller_group = torch.distributed.is_initialized()  # a caller's process group is the caller's to close
     info = init_distributed(cfg["train"]["device"])
     try:
-        return _train(cfg, Path(out_dir) / "supernet", resume, info)
+        return _train(cfg, Path(out_dir) / "supernet", resume, info, show_progress)
     finally:
         if not caller_group:
             cleanup_distributed()
 
 
-def _train(cfg: Mapping[str, Any], run_dir: Path, resume: bool, info: DistInfo) -> Path:
+def _train(cfg: Mapping[str, Any], run_dir: Path, resume: bool, info: DistInfo, show_progress: bool) -> Path:
     tcfg = cfg["train"]
     last, final, init = run_dir / "last.pt", run_dir / "final.pt", run_dir / "init.pt"
     existing = [p for p in (last, final, init) if p.is_file()]
@@ -194,8 +195,7 @@ def _train(cfg: Mapping[str, Any], run_dir: Path, resume: bool, info: DistInfo) 
     csv_log = CsvLog(run_dir / "train_log.csv", LOG_FIELDS, step) if info.is_main else None
     tb = _summary_writer(run_dir / "tb", step) if info.is_main else contextlib.nullcontext()
     sums = torch.zeros(3, device=device)  # loss * n, correct, n since the last log row
-    progress = tqdm(total=total_steps, initial=step, desc="supernet", unit="step", disable=not info.is_main,
-                    dynamic_ncols=True)
+    progress = tqdm(total=total_steps, initial=step, desc="supernet", unit="step", disable=not (info.is_main and show_progress), dynamic_ncols=True)
 
     def log() -> None:
         if sums[2] == 0:
