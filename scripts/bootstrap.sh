@@ -14,6 +14,7 @@ case "$target" in core|all) ;; *) echo "usage: $0 core|all" >&2; exit 2;; esac
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${GENAS_VENV:-$root/.venv}"
+case "$venv" in /*) ;; *) venv="$PWD/$venv";; esac  # absolute: the mmcv build runs in another folder
 python_bin="${PYTHON:-python3}"
 cache="${GENAS_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/genas/wheels}"
 
