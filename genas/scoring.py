@@ -19,8 +19,8 @@ are the same in the init and the final vector. RLNAS repeats them per channel (C
 Supernet interface gives no per-edge channel counts, so one channel's slice is used. The angle depends on the
 constants only through their total squared norm (equal entries in both vectors), so each op weighs 1/C of
 what it weighs in RLNAS, C being the channels of its edge.
-A stride-2 DARTS ``skip_connect`` (FactorizedReduce) has weights; it also gets the 1.0 entry, as its name is
-all the interface reports.
+A stride-2 DARTS ``skip_connect`` is a FactorizedReduce with weights: the DARTS supernet reports it as
+``factorized_reduce``, so it adds its weights and no constant.
 
 A non-finite perturbed loss gives the candidate the worst score (-inf) and ``finite: False``; the scorer
 counts such candidates in :attr:`ArchScorer.num_nonfinite` and warns with the count, so a search never

@@ -26,6 +26,9 @@ def _param_names(module: nn.Module, prefix: str) -> list[str]:
     return [f"{prefix}.{name}" for name, _ in module.named_parameters()]
 
 
+STRIDED_SKIP = "factorized_reduce"  # path_op_names' name for a skip_connect on a stride-2 edge
+
+
 class SupernetCell(nn.Module):
     """One DARTS cell holding every candidate op on each of its 14 edges (``edges.K.<op_name>``)."""
 
@@ -113,7 +116,10 @@ class DartsSupernet(Supernet):
         return unique_in_order(names)
 
     def path_op_names(self, arch: Arch) -> list[str]:
-        """8 op names per cell (its nodes' kept edges in edge order), cells in network order."""
+        """8 op names per cell (its nodes' kept edges in edge order), cells in network order. A skip on a
+        stride-2 edge of a reduction cell is a ``FactorizedReduce`` with weights, so it is named
+        ``factorized_reduce``: the angle score adds identity constants only for true (parameter-free) skips."""
         normal, reduce = self._cell_genes(arch)
-        return [op for cell in self.cells for node in cell.active(reduce if cell.reduction else normal)
-                for _, _, op in node]
+        return [STRIDED_SKIP if cell.reduction and i < 2 and op == "skip_connect" else op
+                for cell in self.cells for node in cell.active(reduce if cell.reduction else normal)
+                for _, i, op in node]
