@@ -33,25 +33,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
 import timm
-import torch
-from fvcore.nn import FlopCountAnalysis
-from torch import nn
 from tqdm import tqdm
 
 from backbones.darts_net import VARIANTS
-from genas.flops import count_params
+from genas.flops import count_macs, count_params
 from genas.io import atomic_write_json
 
-__all__ = ["MAC_OPS", "ModelSize", "count_macs", "measure", "format_table", "main"]
-
-#: fvcore operator groups that are multiply-adds
-MAC_OPS = ("conv", "linear", "matmul", "addmm", "bmm", "einsum")
-
+__all__ = ["ModelSize", "measure", "format_table", "main"]
 
 @dataclass
 class ModelSize:
@@ -63,23 +55,13 @@ class ModelSize:
     paper_macs_g: Optional[float]
 
 
-def count_macs(model: nn.Module, input_size: int) -> int:
-    """Multiply-adds of conv and linear layers for one ``3 x input_size x input_size`` image (fvcore)."""
-    model = model.eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fvcore's tracer warns about torch.jit deprecations
-        analysis = FlopCountAnalysis(model, torch.zeros(1, 3, input_size, input_size))
-        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        return int(sum(n for op, n in analysis.by_operator().items() if op in MAC_OPS))
-
-
 def measure(name: str, input_size: int = 224) -> ModelSize:
     """Size of registered model ``name`` (1000 classes, no auxiliary head)."""
     if name not in VARIANTS:
         raise ValueError(f"unknown model {name!r}; registered DARTS-space models: {sorted(VARIANTS)}")
     model = timm.create_model(name)
     v = VARIANTS[name]
-    return ModelSize(name, v.C, count_params(model) / 1e6, count_macs(model, input_size) / 1e9,
+    return ModelSize(name, v.C, count_params(model) / 1e6, count_macs(model, (3, input_size, input_size)) / 1e9,
                      v.paper_params_m, v.paper_macs_g)
 
 

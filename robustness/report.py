@@ -150,12 +150,12 @@ def _timm_facts(name: str, compute_macs: bool) -> tuple[float, float | None, str
     import timm
 
     import backbones  # noqa: F401  (registers the suite's genas_* models)
-    from genas.flops import count_flops, count_params
+    from genas.flops import count_macs, count_params
 
     if not timm.is_model(name):
         return None
     model = timm.create_model(name, pretrained=False)
-    macs = count_flops(model, (3, 224, 224)) / 1e9 if compute_macs else None
+    macs = count_macs(model, (3, 224, 224)) / 1e9 if compute_macs else None
     return count_params(model) / 1e6, macs, _arch_key(getattr(model, "genotype", None))
 
 

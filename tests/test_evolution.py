@@ -14,7 +14,7 @@ import pytest
 from torch import nn
 
 from genas.evolution import Search, SearchSettings, expand_to_all
-from genas.flops import CostConstraint, NetworkCost, count_flops, count_params
+from genas.flops import CostConstraint, NetworkCost, count_macs, count_params
 from genas.spaces.darts import EDGES_PER_CELL, DartsSpace
 from genas.spaces.nb201 import NB201Space, build_network, enumerate_archs, unique_archs
 
@@ -120,10 +120,12 @@ def test_params_constraint_is_respected():
 
 
 def test_flops_are_multiply_adds_and_limits_are_checked():
-    # conv 3->8, 3x3, on 8x8 (padding 1): 8*3*9 MACs per output pixel * 64 pixels; linear 512->10: 5,120
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(8 * 64, 10))
-    assert count_flops(model, (3, 8, 8)) == 8 * 3 * 9 * 64 + 512 * 10
-    assert count_params(model) == 8 * 3 * 9 + 512 * 10 + 10
+    # conv 3->8, 3x3, on 8x8 (padding 1): 8*3*9 MACs per output pixel * 64 pixels; linear 512->10: 5,120;
+    # the BatchNorm is not a multiply-add layer and is not counted (papers' convention)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.Flatten(),
+                          nn.Linear(8 * 64, 10))
+    assert count_macs(model, (3, 8, 8)) == 8 * 3 * 9 * 64 + 512 * 10
+    assert count_params(model) == 8 * 3 * 9 + 2 * 8 + 512 * 10 + 10
     with pytest.raises(ValueError, match="max_flops must be a positive number"):
         CostConstraint(NetworkCost(NB201, 10), max_flops=-1)
 
