@@ -40,8 +40,8 @@ import timm
 from tqdm import tqdm
 
 from backbones.darts_net import VARIANTS
-from genas.flops import count_macs, count_params
-from genas.io import atomic_write_json
+from genas.cost import count_macs, count_params
+from genas.core.io import atomic_write_json
 
 __all__ = ["ModelSize", "measure", "format_table", "main"]
 

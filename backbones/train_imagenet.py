@@ -22,7 +22,7 @@ Files in ``--output``: ``last.pth`` (full training state; written every ``checkp
 epoch end and when ``--max-steps`` stops the run), ``model_best.pth`` / ``model_final.pth`` (weights as
 ``{'state_dict': ...}``, loadable with ``timm.create_model(name, pretrained=True,
 pretrained_cfg_overlay=dict(file=...))``), ``train_log.csv``, ``eval_log.csv``, ``config.yaml`` and, when
-training completes, ``result.json`` (:mod:`genas.results`, kind ``imagenet``). A resumed run restores model,
+training completes, ``result.json`` (:mod:`genas.core.results`, kind ``imagenet``). A resumed run restores model,
 optimizer, AMP scaler and RNG state and re-enters the epoch at the next batch (the sample order depends only on
 seed and epoch); augmentation draws inside loader workers are not replayed.
 """
@@ -47,10 +47,10 @@ from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 from backbones.darts_net import VARIANTS
-from genas.config import ConfigError, merge_config
-from genas.distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, seed_everything
-from genas.io import CsvLog, atomic_torch_save, atomic_write_text, load_checkpoint
-from genas.results import write_result
+from genas.core.config import ConfigError, merge_config
+from genas.core.distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, seed_everything
+from genas.core.io import CsvLog, atomic_torch_save, atomic_write_text, load_checkpoint
+from genas.core.results import write_result
 
 __all__ = ["DEFAULTS", "reference_lr", "train", "main"]
 

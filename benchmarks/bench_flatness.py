@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from genas.config import DEFAULTS
+from genas.core.config import DEFAULTS
 from genas.data import build_search_data
-from genas.io import atomic_write_json
-from genas.perturbation import mean_loss, noise_seed, recalibrated_bn
-from genas.scores import flatness_from_losses
-from genas.scoring import ArchScorer
+from genas.core.io import atomic_write_json
+from genas.scoring.perturbation import mean_loss, noise_seed, recalibrated_bn
+from genas.scoring.formulas import flatness_from_losses
+from genas.scoring.scorer import ArchScorer
 from genas.spaces import build_supernet
 from genas.spaces.base import Arch, Supernet
 

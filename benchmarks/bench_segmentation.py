@@ -24,7 +24,7 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
 
-from genas.distributed import resolve_device
+from genas.core.distributed import resolve_device
 
 RECIPE = "configs/segmentation/deeplabv3_genas_c100_512x1024_80k_cityscapes.py"
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from genas.distributed import resolve_device
+from genas.core.distributed import resolve_device
 from genas.spaces import build_supernet, get_space
 from genas.spaces.base import Arch
 from genas.train_supernet import AMP_DTYPES, train_step
@@ -31,7 +31,7 @@ def standalone_network(space: str, arch: Arch, args: argparse.Namespace) -> nn.M
     if space == "nb201":
         from genas.spaces.nb201 import build_network
         return build_network(arch, num_classes=args.num_classes, C=args.C, N=args.N)
-    from backbones.darts_net import NetworkCIFAR
+    from genas.spaces.darts.network import NetworkCIFAR
     from genas.spaces.darts import decode
     return NetworkCIFAR(decode(arch), C=args.C, layers=args.layers, num_classes=args.num_classes)
 

@@ -8,7 +8,7 @@
 ``--resume`` continues from ``OUTPUT_DIR/last_checkpoint``; trailing ``KEY VALUE`` pairs override the config.
 The standard COCO names need ``$DETECTRON2_DATASETS``; any other COCO-format data is registered from the config
 (``DATASETS.COCO_FORMAT``, see :mod:`detection.data`). After the final evaluation, COCO box AP, AP50, AP75, APs,
-APm, APl go to ``OUTPUT_DIR/results_detection.json`` (``genas.results`` format; one
+APm, APl go to ``OUTPUT_DIR/results_detection.json`` (``genas.core.results`` format; one
 ``results_detection_<dataset>.json`` per dataset when ``DATASETS.TEST`` has several).
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from detectron2.utils import comm
 from detection.backbone import BackboneConfigError, check_backbone_config
 from detection.config import build_config
 from detection.data import DatasetConfigError, check_datasets, check_num_classes, register_coco_format_datasets
-from genas.results import write_result
+from genas.core.results import write_result
 
 __all__ = ["DETECTION_METRICS", "Trainer", "setup", "write_detection_results", "main"]
 
@@ -85,7 +85,7 @@ def _finite_or_none(value: float) -> Optional[float]:
 
 def write_detection_results(cfg: CfgNode, results: Mapping[str, Any], weights: str,
                             iterations: Optional[int]) -> List[Path]:
-    """Write the box metrics of each test dataset as a ``genas.results`` file in ``cfg.OUTPUT_DIR``."""
+    """Write the box metrics of each test dataset as a ``genas.core.results`` file in ``cfg.OUTPUT_DIR``."""
     if "bbox" in results:  # DefaultTrainer.test returns a single dataset's results without the dataset level
         results = {cfg.DATASETS.TEST[0]: results}
     paths = []

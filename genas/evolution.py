@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 from tqdm.auto import tqdm
 
-from genas.io import atomic_write_json
+from genas.core.io import atomic_write_json
 from genas.spaces.base import Arch, SearchSpace
 
 __all__ = [
@@ -56,7 +56,7 @@ class StateError(ValueError):
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """The ``search`` section of a run config minus the constraint limits (see :mod:`genas.flops`)."""
+    """The ``search`` section of a run config minus the constraint limits (see :mod:`genas.cost`)."""
 
     algorithm: str = "evolution"
     population: int = 50

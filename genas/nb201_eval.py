@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from genas.io import atomic_write_json
+from genas.core.io import atomic_write_json
 
 __all__ = ["DATASETS", "GROUND_TRUTH_COLUMNS", "read_scores", "read_ground_truth_csv", "read_ground_truth_api",
            "evaluate", "main"]

@@ -1,5 +1,6 @@
 """Figures that let people look rather than read: cell diagrams (paper Figs. 5-7), the search's best-score
-curve, loss-versus-sigma curvature plots (paper Figs. 2-3) and the report's metric bar chart.
+curve and loss-versus-sigma curvature plots (paper Figs. 2-3); the report's bar chart (:mod:`report.plots`)
+uses the same saving rules.
 
 Drawing stack: matplotlib + networkx. A cell is a networkx ``DiGraph`` placed left to right on its
 topological generations (``networkx.topological_generations``: the ranks graphviz's ``dot`` gives the DARTS
@@ -33,16 +34,15 @@ from typing import Any, Iterable, Mapping, Sequence
 import networkx as nx
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from genas.io import atomic_write
-from genas.results import read_result
+from genas.core.io import atomic_write
+from genas.core.results import read_result
 from genas.spaces import darts, nb201
 
 __all__ = [
-    "read_architecture", "cell_graphs", "plot_cell", "plot_best_score", "read_loss_curves",
-    "pick_top_middle_bottom", "select_curves", "plot_loss_curvature", "plot_metric_bars", "FIGURE_FORMATS",
+    "read_architecture", "architecture_key", "cell_graphs", "plot_cell", "plot_best_score", "read_loss_curves",
+    "pick_top_middle_bottom", "select_curves", "plot_loss_curvature", "figure_path", "save_figure", "short_label", "FIGURE_FORMATS",
 ]
 
 FIGURE_FORMATS = (".png", ".svg", ".pdf")
@@ -64,14 +64,14 @@ NB201_GT_COLUMN = "CIFAR10TestAccuracy200Epochs"
 # --------------------------------------------------------------------------------------------------
 # Saving
 # --------------------------------------------------------------------------------------------------
-def _figure_path(out_path: str | os.PathLike) -> Path:
+def figure_path(out_path: str | os.PathLike) -> Path:
     path = Path(out_path)
     if path.suffix.lower() not in FIGURE_FORMATS:
         raise ValueError(f"cannot write a figure to {path}: the suffix must be one of {FIGURE_FORMATS}")
     return path
 
 
-def _save(fig: Figure, out_path: Path) -> Path:
+def save_figure(fig: Figure, out_path: Path) -> Path:
     """Write ``fig`` atomically in the format of ``out_path``'s suffix."""
     return atomic_write(out_path, lambda tmp: fig.savefig(tmp, format=out_path.suffix[1:].lower(), dpi=150,
                                                           bbox_inches="tight"))
@@ -100,6 +100,19 @@ def read_architecture(spec: Any) -> tuple[str, Any]:
     if isinstance(spec, Sequence) and not isinstance(spec, str) and len(spec) == len(nb201.EDGES):
         return "nb201", nb201.validate_arch(spec)
     return "darts", darts.parse_genotype(spec)
+
+
+def architecture_key(value: Any) -> str | None:
+    """A canonical text of an architecture (DARTS 28-int encoding, NB201 genes), or ``None`` when ``value``
+    is not one (e.g. a model name that is no published genotype)."""
+    if value is None:
+        return None
+    try:
+        space, arch = read_architecture(value)
+    except (ValueError, TypeError):
+        return None
+    genes = darts.encode(arch) if space == "darts" else arch
+    return f"{space}:" + ",".join(map(str, genes))
 
 
 def _architecture_from_file(path: Path) -> tuple[str, Any]:
@@ -278,7 +291,7 @@ def _draw_cell(ax: Any, title: str, g: nx.DiGraph, layout: _CellLayout) -> None:
 def plot_cell(genotype_or_arch: Any, out_path: str | os.PathLike, cell: str = "both") -> Path:
     """Draw the cell(s) of a DARTS genotype or an NB201 architecture (see :func:`read_architecture`) to a
     PNG/SVG/PDF chosen by the suffix of ``out_path``; ``cell='both'`` stacks normal over reduction."""
-    path = _figure_path(out_path)
+    path = figure_path(out_path)
     graphs = cell_graphs(genotype_or_arch, cell)
     layouts = [_layout_cell(g) for _, g in graphs]
     sizes = [(lay.upper - lay.lower) * _INCHES_PER_UNIT for lay in layouts]
@@ -286,7 +299,7 @@ def plot_cell(genotype_or_arch: Any, out_path: str | os.PathLike, cell: str = "b
     axes = fig.subplots(len(graphs), 1, squeeze=False, height_ratios=[h for _, h in sizes])[:, 0]
     for ax, (title, g), layout in zip(axes, graphs, layouts):
         _draw_cell(ax, title, g, layout)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,7 +341,7 @@ def _read_history(history: str | os.PathLike | Sequence[Any]) -> tuple[np.ndarra
 
 def plot_best_score(search_log_csv_or_list: str | os.PathLike | Sequence[Any], out_png: str | os.PathLike) -> Path:
     """Best score found so far (and the top-k mean when logged) per search iteration."""
-    path = _figure_path(out_png)
+    path = figure_path(out_png)
     iterations, best, mean = _read_history(search_log_csv_or_list)
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
@@ -340,7 +353,7 @@ def plot_best_score(search_log_csv_or_list: str | os.PathLike | Sequence[Any], o
     ax.set_ylabel("score (higher is better)")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -386,7 +399,7 @@ def read_loss_curves(scores_csv: str | os.PathLike,
     return sigmas, curves
 
 
-def _short(arch: str, width: int = 40) -> str:
+def short_label(arch: str, width: int = 40) -> str:
     return arch if len(arch) <= width else arch[: width - 3] + "..."
 
 
@@ -449,7 +462,7 @@ def plot_loss_curvature(scores_csv: str | os.PathLike, out_png: str | os.PathLik
     top/middle/bottom-``k`` by NAS-Bench-201 ground truth (``gt_column`` of ``ground_truth_csv``, Fig. 2);
     else the top/middle/bottom-``k`` by search score.
     """
-    path = _figure_path(out_png)
+    path = figure_path(out_png)
     sigmas, curves = read_loss_curves(scores_csv, sigmas)
     truth = _read_ground_truth(ground_truth_csv, gt_column) if ground_truth_csv is not None and archs is None else None
     try:
@@ -461,7 +474,7 @@ def plot_loss_curvature(scores_csv: str | os.PathLike, out_png: str | os.PathLik
     ax = fig.subplots()
     styles = ("-", "--", ":", "-.")
     for i, (group, curve, value) in enumerate(chosen):
-        label = f"{group}-{k}: {value:.4g}" if group else f"{_short(curve['arch'])}: {value:.4g}"
+        label = f"{group}-{k}: {value:.4g}" if group else f"{short_label(curve['arch'])}: {value:.4g}"
         ax.plot(sigmas, curve["losses"], marker="o", color=_GROUP_COLOURS.get(group, f"C{i % 10}"),
                 linestyle=styles[i % k % len(styles)] if group else "-", alpha=0.85, label=label)
     ax.set_xlabel(r"$\sigma$ (std of the Gaussian weight perturbation)")
@@ -470,57 +483,7 @@ def plot_loss_curvature(scores_csv: str | os.PathLike, out_png: str | os.PathLik
         ax.set_xscale("log")  # sigmas spanning decades (e.g. 1e-5..1e-4)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, title=title, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    return _save(fig, path)
-
-
-# --------------------------------------------------------------------------------------------------
-# Metric bar chart (the report's figure)
-# --------------------------------------------------------------------------------------------------
-def plot_metric_bars(table: Mapping[str, Mapping[str, float | None]], out_png: str | os.PathLike,
-                     hatched: Iterable[str] = ()) -> Path:
-    """One panel per metric (each on its own scale: ImageNet top-1 and ImageNet-A differ tenfold), one bar
-    per model, value on top; models in ``hatched`` (published reference numbers) are drawn hatched and pale.
-
-    ``table`` maps a model label to ``{metric title: value or None}`` (panels in the order of the metrics);
-    metrics and models without any value are left out, and a table without any value gives a figure saying so.
-    """
-    path = _figure_path(out_png)
-    hatched = set(hatched)
-    models = [m for m, row in table.items() if any(v is not None for v in row.values())]
-    metrics = [k for k in dict.fromkeys(k for row in table.values() for k in row)
-               if any(table[m].get(k) is not None for m in models)]
-    ncols = min(3, max(1, len(metrics)))
-    nrows = max(1, math.ceil(len(metrics) / ncols))
-    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows), layout="tight")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    if not metrics:
-        axes[0].text(0.5, 0.5, "no metric values to plot", ha="center", va="center")
-    colours = {m: f"C{i % 10}" for i, m in enumerate(models)}
-    for ax, metric in zip(axes, metrics):
-        shown = [m for m in models if table[m].get(metric) is not None]
-        values = [float(table[m][metric]) for m in shown]
-        bars = ax.bar(range(len(shown)), values, width=0.8, color=[colours[m] for m in shown], edgecolor="black",
-                      linewidth=0.5)
-        for bar, model in zip(bars, shown):
-            if model in hatched:
-                bar.set_hatch("//")
-                bar.set_alpha(0.55)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
-        low, high = min(values), max(values)
-        span = (high - low) or abs(high) or 1.0  # zoom on the differences, as the paper's tables invite
-        ax.set_ylim(max(0.0, low - 0.6 * span) if low >= 0 else low - 0.6 * span, high + 0.35 * span)
-        ax.set_xlim(-0.6, max(len(shown), 4) - 0.4)
-        ax.set_xticks([])
-        ax.set_title(metric)
-        ax.grid(axis="y", alpha=0.3)
-    for ax in axes[max(len(metrics), 1):]:
-        ax.set_axis_off()
-    legend = [Patch(facecolor=colours[m], edgecolor="black", hatch="//" if m in hatched else None,
-                    alpha=0.55 if m in hatched else 1.0, label=_short(m, 60)) for m in models]
-    if legend:
-        fig.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(legend)),
-                   fontsize=8, frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 
-from genas.config import ConfigError, dump_config, load_config
+from genas.core.config import ConfigError, dump_config, load_config
 from genas.data import DatasetError, build_search_data
-from genas.distributed import resolve_device
+from genas.core.distributed import resolve_device
 from genas.evolution import (Search, SearchOutcome, SearchSettings, StateError, check_algorithm,
                              expand_to_all)
-from genas.flops import CostConstraint, NetworkCost
-from genas.io import atomic_write, atomic_write_json, atomic_write_text, load_checkpoint, sha256_of
-from genas.results import write_result
+from genas.cost import CostConstraint, NetworkCost
+from genas.core.io import atomic_write, atomic_write_json, atomic_write_text, load_checkpoint, sha256_of
+from genas.core.results import write_result
 from genas.spaces import SearchSpace, get_space
 
 __all__ = ["main", "score_rows", "write_scores_csv", "write_rows_csv", "write_best_genotype", "SearchCLIError"]
@@ -259,7 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     supernet = _load_supernet(plan, data.num_classes)
     init_state = load_checkpoint(plan.init_path)["model"] if plan.needs_init else None
 
-    from genas.scoring import ArchScorer
+    from genas.scoring.scorer import ArchScorer
     scorer = ArchScorer(supernet, plan.cfg["score"], data.train, data.val, plan.device, init_state_dict=init_state)
     sigmas = list(plan.cfg["score"]["sigmas"]) if "flatness" in plan.metric.split("+") else []
     plan.out.mkdir(parents=True, exist_ok=True)

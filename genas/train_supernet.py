@@ -42,11 +42,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from genas.config import ConfigError, dump_config, load_config
+from genas.core.config import ConfigError, dump_config, load_config
 from genas.data import DatasetError, EpochSampler, RandomLabels, build_search_data
-from genas.distributed import (DistInfo, all_reduce_sum, barrier, cleanup_distributed, get_rng_states,
+from genas.core.distributed import (DistInfo, all_reduce_sum, barrier, cleanup_distributed, get_rng_states,
                                init_distributed, seed_everything, set_rng_states)
-from genas.io import CsvLog, atomic_torch_save, atomic_write_text, load_checkpoint
+from genas.core.io import CsvLog, atomic_torch_save, atomic_write_text, load_checkpoint
 from genas.spaces import Supernet, build_supernet, get_space
 
 __all__ = ["AMP_DTYPES", "RunExistsError", "train_step", "train_supernet", "load_supernet", "main"]

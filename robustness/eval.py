@@ -8,7 +8,7 @@ threshold0.7 and top-images alike), ``imagenet-a`` (200 wnid folders; logits res
 report top-1/top-5 in percent; ``imagenet-o`` reports OOD detection (AUPR, AUROC, FPR@95 in percent) of the
 ImageNet-O images against the ImageNet val images (``--in-dist``) of the same 200 classes, with logits restricted
 to those classes and the negative maximum softmax as anomaly score. Preprocessing is the model's own
-``pretrained_cfg`` (timm data config), overridable by flags. The result is one ``genas.results`` JSON file.
+``pretrained_cfg`` (timm data config), overridable by flags. The result is one ``genas.core.results`` JSON file.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from timm.data import create_transform, resolve_model_data_config
 from tqdm import tqdm
 
 import backbones  # noqa: F401  (registers the genas_* timm models)
-from genas.io import sha256_of
-from genas.results import write_result
+from genas.core.io import sha256_of
+from genas.core.results import write_result
 from robustness.layouts import (SETS, LayoutError, ImageSamples, Batch, collate_samples, embedded_wnids,
                                  indices_in_1k, layout_for, scan_images)
 from robustness.metrics import max_softmax_anomaly_score, ood_detection_metrics, topk_correct
@@ -206,7 +206,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--std", type=float, nargs="+", help="override normalisation std (1 or C values)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted and listed in "
                                                            "the result) instead of failing on the first one")
-    p.add_argument("--out", help="result JSON (genas.results format); a summary line is always printed")
+    p.add_argument("--out", help="result JSON (genas.core.results format); a summary line is always printed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.in_dist and args.set != "imagenet-o":

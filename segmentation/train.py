@@ -18,8 +18,8 @@ import os
 import sys
 from typing import Sequence
 
-from segmentation.test import (SetupError, add_run_args, build_runner, mmengine_checkpoint_globals, prepare_config,
-                               write_segmentation_result)
+from segmentation.runner import (SetupError, add_run_args, build_runner, mmengine_checkpoint_globals, prepare_config,
+                                 write_segmentation_result)
 
 __all__ = ["last_val_metrics_hook", "main"]
 

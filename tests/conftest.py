@@ -4,9 +4,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib.image
+import numpy as np
 import pytest
 import torch
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GENAS_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -55,3 +58,12 @@ def cityscapes_tiny() -> Path:
 @pytest.fixture
 def imagenet_classes() -> Path:
     return shared_path("imagenet_classes")
+
+
+def assert_png(path: Path, min_side: int = 200) -> np.ndarray:
+    """A PNG by signature that matplotlib reads back as a non-blank image of a useful size."""
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] >= min_side and image.shape[1] >= min_side
+    assert image[..., :3].std() > 0.01  # not a blank canvas
+    return image

@@ -9,11 +9,12 @@ import timm
 import torch
 
 import backbones  # noqa: F401  (registers the models)
-from backbones.darts_net import VARIANTS, Cell, checkpoint_filter_fn
-from genas.flops import count_macs
+from backbones.darts_net import VARIANTS, checkpoint_filter_fn
+from genas.spaces.darts.network import Cell
+from genas.cost import count_macs
 from backbones.summary import main as summary_main
-from genas.flops import count_params
-from genas.genotypes import DARTS_V2, GENAS_FLATNESS_CIFAR100
+from genas.cost import count_params
+from genas.spaces.darts.published import DARTS_V2, GENAS_FLATNESS_CIFAR100
 from genas.spaces.darts import DartsSpace, Genotype, encode, format_genotype, genotype_to_json
 
 GENERIC = ("darts_imagenet", "darts_cifar")

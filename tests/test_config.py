@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from genas.config import DEFAULTS, ConfigError, load_config, parse_override
+from genas.core.config import DEFAULTS, ConfigError, load_config, parse_override
 
 REPO = Path(__file__).resolve().parents[1]
 SUPERNET_CONFIGS = sorted((REPO / "configs" / "supernet").glob("*.yaml"))

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from genas import genotypes as G
+from genas.spaces.darts import published as G
 from genas.spaces import build_supernet, get_space
 from genas.spaces.darts import (PRIMITIVES, Genotype, decode, encode, format_genotype, genotype_to_json,
                                 parse_genotype, repair, validate_genotype)
-from genas.spaces.darts_supernet import DartsSupernet
+from genas.spaces.darts.supernet import DartsSupernet
 
 # Reference encodings of the GeNAS cells (facts section 5). Their pairs are listed in edge order (ascending
 # input index within each node), so decode() must reproduce the published lists EXACTLY, not only as multisets.

@@ -11,7 +11,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from torchvision.transforms.v2 import functional as TF
 
-from genas.config import DEFAULTS
+from genas.core.config import DEFAULTS
 from genas.data import DatasetError, EpochSampler, RandomLabels, build_search_data, load_imagenet16
 
 

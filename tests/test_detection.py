@@ -36,7 +36,7 @@ from detection.backbone import BackboneConfigError, TimmFeatureBackbone, create_
 from detection.config import build_config  # noqa: E402
 from detection.data import DatasetConfigError, check_datasets, register_coco_format_datasets  # noqa: E402
 from detection.train_net import DETECTION_METRICS, Trainer, main, setup, write_detection_results  # noqa: E402
-from genas.results import read_result  # noqa: E402
+from genas.core.results import read_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "detection"

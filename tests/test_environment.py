@@ -8,7 +8,7 @@ import sys
 import pytest
 
 CORE_MODULES = ["genas.search", "genas.train_supernet", "genas.scoring", "genas.nb201_eval", "genas.plots",
-                "backbones", "backbones.summary", "robustness.eval", "robustness.report"]
+                "backbones", "backbones.summary", "robustness.eval", "report.report"]
 
 
 @pytest.mark.parametrize("module", ["detectron2", "detectron2.modeling", "mmseg.models", "mmcv.ops"])

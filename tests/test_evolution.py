@@ -14,7 +14,7 @@ import pytest
 from torch import nn
 
 from genas.evolution import Search, SearchSettings, expand_to_all
-from genas.flops import CostConstraint, NetworkCost, count_macs, count_params
+from genas.cost import CostConstraint, NetworkCost, count_macs, count_params
 from genas.spaces.darts import EDGES_PER_CELL, DartsSpace
 from genas.spaces.nb201 import NB201Space, build_network, enumerate_archs, unique_archs
 

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from genas.data import build_search_data
-from genas.perturbation import (PerturbationConfig, fixed_batches, noise_seed, perturbed_losses, recalibrated_bn,
+from genas.scoring.perturbation import (PerturbationConfig, fixed_batches, noise_seed, perturbed_losses, recalibrated_bn,
                                 top_hessian_eigenvector)
-from genas.scoring import ArchScorer
+from genas.scoring.scorer import ArchScorer
 from genas.spaces import build_supernet
 
 ARCH_A = (3, 1, 2, 4, 3, 0)

@@ -13,23 +13,14 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from conftest import assert_png
 from genas import plots
-from genas.genotypes import GENAS_FLATNESS_CIFAR100
-from genas.results import write_result
+from genas.spaces.darts.published import GENAS_FLATNESS_CIFAR100
+from genas.core.results import write_result
 from genas.spaces.darts import encode, format_genotype, genotype_to_json
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 K2, K1, OUT = r"$c_{k-2}$", r"$c_{k-1}$", r"$c_{k}$"
 NB201_ARCH = "|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|"
-
-
-def assert_png(path: Path, min_side: int = 200) -> np.ndarray:
-    """A PNG by signature that matplotlib reads back as a non-blank image of a useful size."""
-    assert path.read_bytes()[:8] == PNG_SIGNATURE
-    image = matplotlib.image.imread(path)
-    assert image.shape[0] >= min_side and image.shape[1] >= min_side
-    assert image[..., :3].std() > 0.01  # not a blank canvas
-    return image
 
 
 def op_edges(graph) -> dict[tuple[str, str], str]:
@@ -227,14 +218,6 @@ def test_curvature_with_the_real_nb201_table(tmp_path, nb201_csv):
     assert top == [a for a, _ in sorted(table, key=lambda t: -t[1])[:3]]
     assert_png(plots.plot_loss_curvature(scores, tmp_path / "fig2.png", ground_truth_csv=nb201_csv,
                                          gt_column="CIFAR100TestAccuracy200Epochs"))
-
-
-def test_metric_bars(tmp_path):
-    table = {"a": {"ImageNet top-1": 76.05, "COCO AP": None}, "b": {"ImageNet top-1": 75.0, "COCO AP": 36.1},
-             "c (published)": {"ImageNet top-1": 76.1, "COCO AP": 37.05},
-             "d": {"ImageNet top-1": None, "COCO AP": None}}
-    assert_png(plots.plot_metric_bars(table, tmp_path / "bars.png", hatched=["c (published)"]))
-    assert_png(plots.plot_metric_bars({"x": {"COCO AP": None}}, tmp_path / "empty.png"))
 
 
 def test_cli(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""robustness.report: the table from generated result files, exact to the digit; published rows kept apart;
+"""report (python -m report): the table from generated result files, exact to the digit; published rows kept apart;
 bad inputs stop the report before anything is written.
 
 resnet18's parameter count (11,689,512) and fvcore MACs at 224x224 (1,819,065,856) are the torchvision/timm
@@ -13,10 +13,13 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from genas.genotypes import GENAS_FLATNESS_CIFAR100
-from genas.results import write_result
+from genas.spaces.darts.published import GENAS_FLATNESS_CIFAR100
+from genas.core.results import write_result
 from genas.spaces.darts import genotype_to_json
-from robustness import report
+from report import table as report
+from report.plots import plot_metric_bars
+
+from conftest import assert_png
 
 NB201_ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
 HEADER = ["model", "source", "search_metric", "params_m", "macs_g", "imagenet_top1", "imagenet_v2_top1",
@@ -148,3 +151,11 @@ def test_bad_published_file(results, tmp_path):
     wrong.write_text("paper: x\nmodels:\n  - name: A\n    coco: 1\n")
     with pytest.raises(ValueError, match=r"unknown: \['coco'\]"):
         report.load_published(wrong)
+
+
+def test_metric_bars(tmp_path):
+    table = {"a": {"ImageNet top-1": 76.05, "COCO AP": None}, "b": {"ImageNet top-1": 75.0, "COCO AP": 36.1},
+             "c (published)": {"ImageNet top-1": 76.1, "COCO AP": 37.05},
+             "d": {"ImageNet top-1": None, "COCO AP": None}}
+    assert_png(plot_metric_bars(table, tmp_path / "bars.png", hatched=["c (published)"]))
+    assert_png(plot_metric_bars({"x": {"COCO AP": None}}, tmp_path / "empty.png"))

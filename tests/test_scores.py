@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from genas.scores import angle_between, check_sigmas, combined_score, flatness_from_losses
-from genas.scoring import ArchScorer, path_weight_vector
+from genas.scoring.formulas import angle_between, check_sigmas, combined_score, flatness_from_losses
+from genas.scoring.scorer import ArchScorer, path_weight_vector
 from genas.spaces import build_supernet
 
 LOSSES = [1.0, 1.2, 1.5]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from genas.results import read_result
+from genas.core.results import read_result
 from genas.evolution import Search, SearchSettings
 from genas.search import main, write_best_genotype
 from genas.spaces.darts import EDGES_PER_CELL, DartsSpace, decode

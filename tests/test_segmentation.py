@@ -19,7 +19,8 @@ from mmengine.config import Config  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import backbones  # noqa: E402,F401
-from genas.results import read_result  # noqa: E402
+from genas.core.results import read_result  # noqa: E402
+from segmentation import runner as seg_runner  # noqa: E402
 from segmentation import test as seg_test  # noqa: E402
 from segmentation import train as seg_train  # noqa: E402
 from segmentation.backbone import BackboneConfigError, GeNASBackbone  # noqa: E402
@@ -210,7 +211,7 @@ def test_train_result_test_cli_and_inference_agree(trained, tmp_path):
     from mmseg.apis import inference_model, init_model
 
     work_dir = trained["work_dir"]
-    train_result = read_result(work_dir / seg_test.RESULT_FILE)
+    train_result = read_result(work_dir / seg_runner.RESULT_FILE)
     assert train_result["kind"] == "segmentation" and train_result["model"] == "genas_c100"
     assert train_result["meta"]["iterations"] == ITERS
     checkpoint = Path(train_result["meta"]["checkpoint"])
@@ -222,11 +223,11 @@ def test_train_result_test_cli_and_inference_agree(trained, tmp_path):
     # segmentation/test.py on the final checkpoint gives the final validation's numbers
     test_dir = tmp_path / "test"
     assert seg_test.main([str(trained["config"]), str(checkpoint), "--work-dir", str(test_dir)]) == 0
-    test_result = read_result(test_dir / seg_test.RESULT_FILE)
+    test_result = read_result(test_dir / seg_runner.RESULT_FILE)
     assert test_result["metrics"] == metrics and test_result["meta"]["iterations"] == ITERS
 
     # inference returns a label map of the image size, whose mIoU recomputed here matches IoUMetric's
-    with seg_test.mmengine_checkpoint_globals():
+    with seg_runner.mmengine_checkpoint_globals():
         model = init_model(str(trained["config"]), str(checkpoint), device="cpu")
     frame = trained["data_root"] / FRAME
     pred = inference_model(model, str(frame)).pred_sem_seg.data
@@ -238,7 +239,7 @@ def test_train_result_test_cli_and_inference_agree(trained, tmp_path):
 
 def test_resume_after_the_end_revalidates(trained, tmp_path):
     """--resume on a finished run loads its last checkpoint (MMEngine's resume) and writes the same result again."""
-    result = trained["work_dir"] / seg_test.RESULT_FILE
+    result = trained["work_dir"] / seg_runner.RESULT_FILE
     before = read_result(result)
     result.unlink()
     assert seg_train.main([str(trained["config"]), "--work-dir", str(trained["work_dir"]), "--resume"]) == 0

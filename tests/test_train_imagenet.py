@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from backbones.train_imagenet import DEFAULTS, build_config, main, reference_lr
-from genas.config import ConfigError
-from genas.io import load_checkpoint
-from genas.results import read_result
+from genas.core.config import ConfigError
+from genas.core.io import load_checkpoint
+from genas.core.results import read_result
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from genas.config import load_config
-from genas.io import load_checkpoint
+from genas.core.config import load_config
+from genas.core.io import load_checkpoint
 from genas.spaces import build_supernet, get_space
 from genas.train_supernet import load_supernet, main, train_step, train_supernet
 

@@ -26,6 +26,6 @@ def build_supernet(name: str, num_classes: int, **kwargs) -> Supernet:
         from genas.spaces.nb201 import NB201Supernet
         return NB201Supernet(num_classes=num_classes, **kwargs)
     if name == "darts":
-        from genas.spaces.darts_supernet import DartsSupernet
+        from genas.spaces.darts.supernet import DartsSupernet
         return DartsSupernet(num_classes=num_classes, **kwargs)
     raise ValueError(f"unknown search space {name!r}; choose one of {SPACES}")

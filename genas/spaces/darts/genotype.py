@@ -1,5 +1,5 @@
-"""The DARTS cell search space: genotypes, their text/JSON forms, the reference 28-integer encoding and
-the :class:`DartsSpace` the one-shot search runs on.
+"""DARTS genotypes: their text/JSON forms and the reference 28-integer encoding (a leaf: imports nothing of
+the project, so every other DARTS module and the backbones can build on it).
 
 A cell has two inputs (indices 0, 1: the outputs of the two previous cells) and four intermediate nodes
 (indices 2..5); node ``j`` (0-based among the four) may read any of the ``j + 2`` earlier states and keeps
@@ -23,16 +23,14 @@ import json
 import os
 from collections import namedtuple
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-
-from genas.spaces.base import Arch, SearchSpace
 
 __all__ = [
     "PRIMITIVES", "Genotype", "CONCAT", "NUM_NODES", "EDGES_PER_CELL", "NUM_GENES", "NODE_EDGES",
     "parse_genotype", "format_genotype", "genotype_to_json", "validate_genotype",
-    "encode", "decode", "repair", "DartsSpace",
+    "encode", "decode", "CELL_TYPES", "EDGE_INPUT",
 ]
 
 PRIMITIVES: tuple[str, ...] = (
@@ -167,9 +165,9 @@ def _genotype_from_repr(text: str) -> Genotype:
         raise ValueError(f"malformed genotype string {text[:80]!r}...: {e}") from None
 
 
-def _genotype_from_dict(d: dict) -> Genotype:
+def _genotype_from_dict(d: dict, names: Mapping[str, Genotype] | None) -> Genotype:
     if "genotype" in d and isinstance(d["genotype"], (dict, str)):
-        return parse_genotype(d["genotype"])
+        return parse_genotype(d["genotype"], names)
     missing = [f for f in Genotype._fields if f not in d]
     if missing:
         raise ValueError(f"genotype dict is missing {missing}; expected keys {list(Genotype._fields)} "
@@ -177,23 +175,23 @@ def _genotype_from_dict(d: dict) -> Genotype:
     return Genotype(**{f: d[f] for f in Genotype._fields})
 
 
-def parse_genotype(obj: Any) -> Genotype:
+def parse_genotype(obj: Any, names: Mapping[str, Genotype] | None = None) -> Genotype:
     """Read a genotype from any of the forms the suite meets, validated and normalised.
 
     Accepts a :data:`Genotype`; its ``repr`` string (``range(2, 6)`` concat allowed); a dict or JSON string
     ``{"normal": [[op, idx], ...], "normal_concat": [...], "reduce": ..., "reduce_concat": ...}``, also nested
     under a ``"genotype"`` key as the search writes it; the path of such a ``.json`` file; the name of a
-    published genotype (:data:`genas.genotypes.PUBLISHED`, any case); or the 28-int encoding.
+    genotype in ``names`` (lower-case name -> genotype; :func:`genas.spaces.darts.parse_genotype` passes the published ones); or the 28-int encoding.
     """
     if isinstance(obj, Genotype):
         return validate_genotype(obj)
     if isinstance(obj, dict):
-        return validate_genotype(_genotype_from_dict(obj))
+        return validate_genotype(_genotype_from_dict(obj, names))
     if isinstance(obj, os.PathLike) or (isinstance(obj, str) and obj.strip().endswith(".json")):
         path = Path(obj)
         if not path.is_file():
             raise ValueError(f"genotype file not found: {path}")
-        return parse_genotype(json.loads(path.read_text()))
+        return parse_genotype(json.loads(path.read_text()), names)
     if isinstance(obj, str):
         text = obj.strip()
         if text.startswith("{"):
@@ -201,13 +199,13 @@ def parse_genotype(obj: Any) -> Genotype:
                 data = json.loads(text)
             except json.JSONDecodeError as e:
                 raise ValueError(f"genotype JSON string is malformed: {e}") from None
-            return parse_genotype(data)
+            return parse_genotype(data, names)
         if "(" in text:
             return validate_genotype(_genotype_from_repr(text))
-        from genas.genotypes import PUBLISHED
-        if text.lower() in PUBLISHED:
-            return validate_genotype(PUBLISHED[text.lower()])
-        raise ValueError(f"unknown genotype name {obj!r}; published genotypes: {sorted(PUBLISHED)} "
+        if names is not None and text.lower() in names:
+            return validate_genotype(names[text.lower()])
+        known = f"published genotypes: {sorted(names)}" if names is not None else "names need genas.spaces.darts.parse_genotype"
+        raise ValueError(f"unknown genotype name {obj!r}; {known} "
                          f"(or pass a 'Genotype(...)' string, a JSON dict or a .json file)")
     if isinstance(obj, Sequence) and len(obj) == NUM_GENES:
         return decode(obj)
@@ -250,114 +248,12 @@ def decode(ints: Sequence[int]) -> Genotype:
                     reduce=cells["reduce"], reduce_concat=list(CONCAT))
 
 
-def encode(genotype: Any) -> tuple[int, ...]:
+def encode(genotype: Any, names: Mapping[str, Genotype] | None = None) -> tuple[int, ...]:
     """The 28-int encoding of a genotype (any form :func:`parse_genotype` reads)."""
-    g = parse_genotype(genotype)
+    g = parse_genotype(genotype, names)
     ints = [0] * NUM_GENES
     for c, cell in enumerate(CELL_TYPES):
         for k, (op, idx) in enumerate(getattr(g, cell)):
             edge, _ = NODE_EDGES[k // 2][idx]
             ints[c * EDGES_PER_CELL + edge] = PRIMITIVES.index(op)
     return tuple(ints)
-
-
-def _edges_of(cell_index: int, node: int) -> list[int]:
-    """Gene positions (0..27) of ``node``'s edges in cell ``cell_index`` (0 normal, 1 reduce)."""
-    return [cell_index * EDGES_PER_CELL + e for e, _ in NODE_EDGES[node]]
-
-
-def _draw_node(genes: list[int], positions: list[int], rng: np.random.Generator) -> None:
-    """Keep 2 distinct edges of a node uniformly at random, each with a uniform non-``none`` op."""
-    for p in positions:
-        genes[p] = 0
-    for p in rng.choice(positions, size=2, replace=False):
-        genes[int(p)] = int(rng.integers(1, len(PRIMITIVES)))
-
-
-def repair(ints: Sequence[int], rng: np.random.Generator) -> tuple[int, ...]:
-    """Make every node keep exactly 2 edges, changing as little as possible.
-
-    Rule (per node, both cells): more than 2 non-``none`` edges -> keep 2 of them chosen uniformly at random
-    (their ops unchanged), set the rest to ``none``; fewer than 2 -> add edges chosen uniformly among the
-    node's ``none`` edges, each with a uniform non-``none`` op. Nodes with exactly 2 edges are untouched.
-    """
-    genes = list(_check_ints(ints))
-    for c in range(len(CELL_TYPES)):
-        for node in range(NUM_NODES):
-            positions = _edges_of(c, node)
-            kept = [p for p in positions if genes[p]]
-            if len(kept) > 2:
-                keep = set(int(p) for p in rng.choice(kept, size=2, replace=False))
-                for p in kept:
-                    if p not in keep:
-                        genes[p] = 0
-            elif len(kept) < 2:
-                empty = [p for p in positions if not genes[p]]
-                for p in rng.choice(empty, size=2 - len(kept), replace=False):
-                    genes[int(p)] = int(rng.integers(1, len(PRIMITIVES)))
-    return tuple(genes)
-
-
-# --------------------------------------------------------------------------------------------------
-# The search space
-# --------------------------------------------------------------------------------------------------
-class DartsSpace(SearchSpace):
-    """The DARTS space over the 28-int encoding: normal and reduce cells searched jointly.
-
-    |space| = (C(2,2)·C(3,2)·C(4,2)·C(5,2) · 7^8)^2 = (1,800 · 5,764,801)^2 ≈ 1.1e20.
-    """
-
-    name = "darts"
-
-    @property
-    def num_genes(self) -> int:
-        return NUM_GENES
-
-    def validate(self, arch: Arch) -> Arch:
-        values = _check_ints(arch)
-        decode(values)
-        return values
-
-    def sample(self, rng: np.random.Generator) -> Arch:
-        """Uniform: per node, 2 distinct inputs among its predecessors and a uniform non-``none`` op on each."""
-        genes = [0] * NUM_GENES
-        for c in range(len(CELL_TYPES)):
-            for node in range(NUM_NODES):
-                _draw_node(genes, _edges_of(c, node), rng)
-        return tuple(genes)
-
-    def mutate(self, arch: Arch, prob: float, rng: np.random.Generator) -> Arch:
-        """Each of the 28 edges (normal AND reduce) is re-drawn uniformly over all 8 ops (``none`` included)
-        with probability ``prob``; then :func:`repair` restores 2 edges per node."""
-        genes = list(self.validate(arch))
-        redraw = rng.random(NUM_GENES) < prob
-        new = rng.integers(0, len(PRIMITIVES), size=NUM_GENES)
-        genes = [int(n) if r else g for g, r, n in zip(genes, redraw, new)]
-        return repair(genes, rng)
-
-    def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
-        """Uniform crossover with the node as the unit: each of the 8 nodes (4 normal, 4 reduce) takes all of
-        its edges from one parent chosen with probability 1/2. A node's two kept edges stay together, so the
-        child is valid with no repair and every child node exists in a parent."""
-        a, b = self.validate(a), self.validate(b)
-        child = list(a)
-        for c in range(len(CELL_TYPES)):
-            for node in range(NUM_NODES):
-                if rng.random() < 0.5:
-                    for p in _edges_of(c, node):
-                        child[p] = b[p]
-        return tuple(child)
-
-    def key(self, arch: Arch) -> str:
-        """The encoding is canonical (one gene per edge, so no pair-order ambiguity): its digits."""
-        return ",".join(str(g) for g in self.validate(arch))
-
-    def to_string(self, arch: Arch) -> str:
-        return format_genotype(decode(arch))
-
-    def from_string(self, text: str) -> Arch:
-        return encode(parse_genotype(text))
-
-    def to_json(self, arch: Arch) -> dict[str, Any]:
-        g = decode(arch)
-        return {"space": self.name, "genotype": genotype_to_json(g), "arch": format_genotype(g)}

@@ -16,19 +16,16 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
-import re
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
-from genas.spaces.base import Arch, SearchSpace, Supernet, check_positions
-from genas.spaces.nb201_ops import OP_NAMES, ResNetBasicBlock, make_op
+from genas.spaces.base import Arch, SearchSpace
+from genas.spaces.nb201.ops import OP_NAMES
 
 __all__ = [
-    "OP_NAMES", "EDGES", "NB201Space", "NB201Network", "NB201Supernet", "build_network", "parse_arch_string",
-    "format_arch_string", "unique_string", "enumerate_archs", "unique_archs",
+    "OP_NAMES", "EDGES", "NUM_NODES", "CellPlan", "NB201Space", "parse_arch_string", "format_arch_string",
+    "unique_string", "validate_arch", "cell_plan", "enumerate_archs", "unique_archs",
 ]
 
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (node, input node) of each gene
@@ -139,21 +136,6 @@ def cell_plan(arch: Arch) -> CellPlan:
     )
 
 
-def run_cell(x: torch.Tensor, plan: CellPlan, ops: Sequence[nn.Module]) -> torch.Tensor:
-    """Output node of a cell: each planned node is the sum of ``ops[gene](input node)`` over its edges."""
-    nodes = [x] + [None] * (NUM_NODES - 1)
-    for node, edges in plan:
-        if not edges:  # every input is 'none': zero, kept in the autograd graph like the benchmark's Zero op
-            nodes[node] = x.mul(0.0)
-            continue
-        (gene, src), *rest = edges
-        out = ops[gene](nodes[src])
-        for gene, src in rest:
-            out = out + ops[gene](nodes[src])
-        nodes[node] = out
-    return nodes[-1]
-
-
 @functools.cache
 def enumerate_archs() -> tuple[Arch, ...]:
     """All 5^6 = 15,625 architectures, in lexicographic gene order (not the benchmark's index order)."""
@@ -212,149 +194,3 @@ class NB201Space(SearchSpace):
 
     def unique_archs(self) -> tuple[Arch, ...]:
         return unique_archs()
-
-
-class _NB201Macro(nn.Module):
-    """The benchmark's macro skeleton: stem Conv3x3+BN; N cells at C, 2C and 4C channels joined by stride-2
-    ResNet blocks (all in ``cells``, as in the benchmark); BN-ReLU, global average pool, linear classifier."""
-
-    def __init__(self, make_cell: Callable[[int], nn.Module], num_classes: int, C: int, N: int):
-        super().__init__()
-        if num_classes < 1 or C < 1 or N < 1:
-            raise ValueError(f"NB201 network needs num_classes, C, N >= 1, got {num_classes}, {C}, {N}")
-        self.num_classes, self.C, self.N = num_classes, C, N
-        self.stem = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
-        cells: list[nn.Module] = []
-        for stage, channels in enumerate((C, 2 * C, 4 * C)):
-            if stage:
-                cells.append(ResNetBasicBlock(channels // 2, channels))
-            cells.extend(make_cell(channels) for _ in range(N))
-        self.cells = nn.ModuleList(cells)
-        self.num_features = 4 * C
-        self.lastact = nn.Sequential(nn.BatchNorm2d(self.num_features), nn.ReLU(inplace=True))
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(self.num_features, num_classes)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pooling(self.lastact(x)).flatten(1)
-        return x if pre_logits else self.classifier(x)
-
-
-class InferCell(nn.Module):
-    """A fixed cell: ``layers[gene]`` is the edge's op (the benchmark's layout, so parameter names match)."""
-
-    def __init__(self, arch: Arch, channels: int):
-        super().__init__()
-        self.plan = cell_plan(arch)
-        self.layers = nn.ModuleList(make_op(OP_NAMES[g], channels) for g in arch)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return run_cell(x, self.plan, self.layers)
-
-
-class SearchCell(nn.Module):
-    """A weight-sharing cell: ``layers[gene][op]`` holds every op of every edge, in :data:`OP_NAMES` order."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.layers = nn.ModuleList(
-            nn.ModuleList(make_op(name, channels) for name in OP_NAMES) for _ in EDGES)
-
-    def forward(self, x: torch.Tensor, arch: Arch, plan: CellPlan) -> torch.Tensor:
-        return run_cell(x, plan, [edge[g] for edge, g in zip(self.layers, arch)])
-
-
-class NB201Network(_NB201Macro):
-    """The standalone benchmark network of one architecture (same parameter names and counts as the
-    benchmark's; e.g. 0.129306 M and 0.802426 M for benchmark indices 0 and 1 with 10 classes)."""
-
-    def __init__(self, arch: Arch, num_classes: int = 10, C: int = 16, N: int = 5):
-        self.arch = validate_arch(arch)
-        super().__init__(functools.partial(InferCell, self.arch), num_classes, C, N)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for cell in self.cells:
-            x = cell(x)
-        return x
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def build_network(arch: str | Sequence[int], num_classes: int = 10, C: int = 16, N: int = 5) -> NB201Network:
-    """The standalone network of ``arch`` (arch string or gene tuple)."""
-    genes = parse_arch_string(arch) if isinstance(arch, str) else validate_arch(arch)
-    return NB201Network(genes, num_classes=num_classes, C=C, N=N)
-
-
-# Supernet state keys of cell ops: cells.<i>.layers.<gene>.<op>.<rest>; the standalone key drops <op>.
-_CELL_OP_KEY = re.compile(r"^(cells\.\d+\.layers\.(\d+))\.(\d+)\.(.+)$")
-
-
-class NB201Supernet(_NB201Macro, Supernet):
-    """The one-shot supernet: every edge of every cell holds all five ops; ``forward(x, arch)`` runs only
-    the active edges of ``arch`` (``none`` edges and edges that cannot reach the output are skipped).
-
-    Shared parts (stem, reduction blocks, head) have the standalone network's parameter names, and a cell
-    op ``cells.i.layers.k.<op>.*`` becomes ``cells.i.layers.k.*``: :meth:`export` builds the standalone
-    network of an architecture carrying the supernet's weights and BN statistics.
-    """
-
-    def __init__(self, num_classes: int, C: int = 16, N: int = 5):
-        super().__init__(SearchCell, num_classes, C, N)
-        self.space = NB201Space()
-        self._path_names: dict[tuple[Arch, str], list[str]] = {}
-
-    def forward(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
-        arch = tuple(arch)
-        plan = cell_plan(arch)
-        x = self.stem(x)
-        for cell in self.cells:
-            x = cell(x, arch, plan) if isinstance(cell, SearchCell) else cell(x)
-        return self.forward_head(x)
-
-    def path_parameter_names(self, arch: Arch, positions: str = "all") -> list[str]:
-        """Parameters the forward of ``arch`` uses, in ``named_parameters()`` order: with ``"all"`` the
-        shared parts too, with ``"cells"`` only the ops of active edges. Exactly these get gradients."""
-        cache_key = (validate_arch(arch), check_positions(positions))
-        if cache_key not in self._path_names:
-            arch = cache_key[0]
-            active = {gene for _, edges in cell_plan(arch) for gene, _ in edges}
-            names = []
-            for name, _ in self.named_parameters():
-                match = _CELL_OP_KEY.match(name)
-                if match is None:
-                    if positions == "all":
-                        names.append(name)
-                elif int(match[2]) in active and int(match[3]) == arch[int(match[2])]:
-                    names.append(name)
-            self._path_names[cache_key] = names
-        return list(self._path_names[cache_key])
-
-    def path_op_names(self, arch: Arch) -> list[str]:
-        """Op name of every active edge (``none`` never appears), cell by cell, in gene order:
-        3 * N cells x up to 6 edges."""
-        arch = validate_arch(arch)
-        per_cell = [OP_NAMES[arch[gene]] for _, edges in cell_plan(arch) for gene, _ in edges]
-        return per_cell * sum(isinstance(cell, SearchCell) for cell in self.cells)
-
-    def extract_subnet_state_dict(self, arch: Arch) -> dict[str, torch.Tensor]:
-        """The state dict of ``build_network(arch)`` taken from the supernet (tensors shared, not copied)."""
-        arch = validate_arch(arch)
-        state = {}
-        for name, tensor in self.state_dict().items():
-            match = _CELL_OP_KEY.match(name)
-            if match is None:
-                state[name] = tensor
-            elif int(match[3]) == arch[int(match[2])]:
-                state[f"{match[1]}.{match[4]}"] = tensor
-        return state
-
-    def export(self, arch: Arch) -> NB201Network:
-        """A standalone network of ``arch`` loaded with the supernet's weights, on the supernet's device and
-        dtype and in its train/eval mode."""
-        net = build_network(arch, num_classes=self.num_classes, C=self.C, N=self.N)
-        net.load_state_dict(self.extract_subnet_state_dict(arch))
-        reference = self.classifier.weight
-        return net.to(device=reference.device, dtype=reference.dtype).train(self.training)

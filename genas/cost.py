@@ -1,7 +1,7 @@
 """Parameter and FLOP counts of a candidate's standalone network, for search constraints and result tables.
 
 The count is of the network the candidate becomes after the search (NAS-Bench-201: the benchmark network,
-C=16, N=5; DARTS: the 20-cell CIFAR network, C=36, from ``backbones``), not of its path in the supernet, so a
+C=16, N=5; DARTS: the 20-cell CIFAR network, C=36, :mod:`genas.spaces.darts.network`), not of its path in the supernet, so a
 ``max_params`` limit means what a paper's table means. Counting is done by fvcore; one fused multiply-add counts
 as one FLOP (i.e. MACs, the unit NAS papers report as "FLOPs"), and only the multiply-add operators
 (:data:`MAC_OPS`: convolutions and linear layers) are counted, as in the papers: fvcore's plain total also
@@ -48,18 +48,14 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 def standalone_builder(space: SearchSpace, num_classes: int) -> Callable[[Arch], nn.Module]:
     """``arch -> nn.Module``: the standalone network of ``arch`` in ``space`` at its evaluation size.
 
-    DARTS needs ``backbones`` (the retraining networks); a clear ``ImportError`` says so when it is missing.
+    Built from :mod:`genas.spaces` only (the DARTS retraining networks live in :mod:`genas.spaces.darts.network`).
     """
     if space.name == "nb201":
         from genas.spaces.nb201 import build_network
         return lambda arch: build_network(arch, num_classes=num_classes, **NB201_EVAL)
     if space.name == "darts":
-        try:
-            from backbones.darts_net import NetworkCIFAR
-        except ImportError as e:
-            raise ImportError(f"counting DARTS params/FLOPs needs backbones.darts_net.NetworkCIFAR ({e}); without it "
-                              f"leave search.max_params and search.max_flops unset") from None
-        from genas.spaces.darts import decode
+        from genas.spaces.darts.genotype import decode
+        from genas.spaces.darts.network import NetworkCIFAR
         return lambda arch: NetworkCIFAR(decode(arch), num_classes=num_classes, **DARTS_CIFAR_EVAL)
     raise ValueError(f"no standalone network is known for space {space.name!r}")
 

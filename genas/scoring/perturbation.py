@@ -36,7 +36,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from genas.scores import check_sigmas
+from genas.scoring.formulas import check_sigmas
 from genas.spaces.base import Arch, Supernet, check_positions
 
 __all__ = ["Batch", "PerturbationConfig", "fixed_batches", "recalibrated_bn", "autocast_context", "mean_loss",

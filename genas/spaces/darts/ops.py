@@ -14,22 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genas.spaces.ops import ReLUConvBN, Zero
+
 __all__ = ["OPS", "ReLUConvBN", "DilConv", "SepConv", "Identity", "Zero", "FactorizedReduce"]
-
-
-class ReLUConvBN(nn.Module):
-    """ReLU -> Conv (no bias) -> BN: the cell preprocessing of DARTS."""
-
-    def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True):
-        super().__init__()
-        self.op = nn.Sequential(
-            nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
 
 
 class DilConv(nn.Module):
@@ -75,19 +62,6 @@ class Identity(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
-
-
-class Zero(nn.Module):
-    """The ``none`` op: zeros shaped like the op's output (subsampled at stride 2)."""
-
-    def __init__(self, stride: int):
-        super().__init__()
-        self.stride = stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride == 1:
-            return x.mul(0.0)
-        return x[:, :, ::self.stride, ::self.stride].mul(0.0)
 
 
 class FactorizedReduce(nn.Module):

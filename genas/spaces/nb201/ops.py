@@ -9,34 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from genas.spaces.ops import ReLUConvBN, Zero
+
 __all__ = ["OP_NAMES", "Zero", "ReLUConvBN", "ResNetBasicBlock", "make_op"]
 
 # Gene value i of an architecture is OP_NAMES[i]; the order is the benchmark's.
 OP_NAMES = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
-
-
-class Zero(nn.Module):
-    """The ``none`` op: ``x * 0``, which (unlike allocating zeros) stays in the autograd graph, as in the
-    benchmark. Cells skip ``none`` edges instead of running it; it keeps module index == op index."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mul(0.0)
-
-
-class ReLUConvBN(nn.Module):
-    """ReLU -> Conv (no bias) -> BN (affine): ``nor_conv_kxk`` and both convs of the reduction block."""
-
-    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int = 1):
-        super().__init__()
-        # Attribute ``op`` (a Sequential inside) reproduces the benchmark's names: ``op.1.weight``, ``op.2.bias``.
-        self.op = nn.Sequential(
-            nn.ReLU(inplace=False),  # the input node feeds other edges too: never in place
-            nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
-            nn.BatchNorm2d(c_out, affine=True),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
 
 
 class ResNetBasicBlock(nn.Module):

@@ -1,6 +1,6 @@
 """Which architecture generalises? One table, like the GeNAS paper's Table 4, from the suite's result files.
 
-    python -m robustness.report --results runs/ [more dirs ...] --out report/ [--published] [--compute-macs]
+    python -m report --results runs/ [more dirs ...] --out report/ [--published] [--compute-macs]
 
 Reads every ``genas-result/1`` JSON written by ``genas/search.py``, ``robustness/eval.py``,
 ``detection/train_net.py``, ``segmentation/test.py`` and the ImageNet trainer, groups them by ``model`` and
@@ -48,10 +48,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from genas.io import atomic_write_text
-from genas.plots import plot_metric_bars, read_architecture
-from genas.results import read_result
-from genas.spaces.darts import encode
+from genas.core.io import atomic_write_text
+from genas.plots import architecture_key
+from genas.core.results import read_result
+from report.plots import plot_metric_bars
 
 __all__ = ["Column", "COLUMNS", "Row", "find_result_files", "load_results", "build_rows", "load_published",
            "render_csv", "render_markdown", "write_report", "main"]
@@ -130,19 +130,6 @@ def load_results(dirs: Sequence[str | Path]) -> list[tuple[Path, dict]]:
 # --------------------------------------------------------------------------------------------------
 # Model facts: architecture keys, params and MACs
 # --------------------------------------------------------------------------------------------------
-def _arch_key(value: Any) -> str | None:
-    """A canonical text of an architecture (DARTS 28-int encoding, NB201 genes), or ``None`` when ``value``
-    is not one (e.g. a model name that is no published genotype)."""
-    if value is None:
-        return None
-    try:
-        space, arch = read_architecture(value)
-    except (ValueError, TypeError):
-        return None
-    genes = encode(arch) if space == "darts" else arch
-    return f"{space}:" + ",".join(map(str, genes))
-
-
 @functools.lru_cache(maxsize=None)
 def _timm_facts(name: str, compute_macs: bool) -> tuple[float, float | None, str | None] | None:
     """``(params M, MACs G or None, architecture key)`` of the timm model ``name`` built without weights;
@@ -150,13 +137,13 @@ def _timm_facts(name: str, compute_macs: bool) -> tuple[float, float | None, str
     import timm
 
     import backbones  # noqa: F401  (registers the suite's genas_* models)
-    from genas.flops import count_macs, count_params
+    from genas.cost import count_macs, count_params
 
     if not timm.is_model(name):
         return None
     model = timm.create_model(name, pretrained=False)
     macs = count_macs(model, (3, 224, 224)) / 1e9 if compute_macs else None
-    return count_params(model) / 1e6, macs, _arch_key(getattr(model, "genotype", None))
+    return count_params(model) / 1e6, macs, architecture_key(getattr(model, "genotype", None))
 
 
 def _meta_size(results: Iterable[tuple[Path, dict]]) -> tuple[float | None, float | None]:
@@ -176,7 +163,7 @@ def _meta_size(results: Iterable[tuple[Path, dict]]) -> tuple[float | None, floa
 
 def _search_arch(result: Mapping[str, Any]) -> str | None:
     meta = result["meta"]
-    return _arch_key(meta.get("genotype") if meta.get("genotype") is not None else meta.get("arch"))
+    return architecture_key(meta.get("genotype") if meta.get("genotype") is not None else meta.get("arch"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,7 +197,7 @@ def build_rows(results: Sequence[tuple[Path, dict]], compute_macs: bool = False)
         row = Row(model)
         network = [(p, r) for p, r in model_results if r["kind"] in _NETWORK_KINDS]
         row.params_m, row.macs_g = _meta_size(network)
-        keys = {_arch_key(r["meta"].get("genotype")) for _, r in model_results} | {_arch_key(model)}
+        keys = {architecture_key(r["meta"].get("genotype")) for _, r in model_results} | {architecture_key(model)}
         if row.params_m is None or (row.macs_g is None and compute_macs) or (need_arch and keys == {None}):
             facts = _timm_facts(model, compute_macs)
             if facts is not None:
@@ -340,7 +327,7 @@ def write_report(dirs: Sequence[str | Path], out: str | Path, published: bool = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m robustness.report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m report", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", nargs="+", required=True, type=Path, help="folders searched recursively for results")
     p.add_argument("--out", required=True, type=Path, help="folder for report.md, report.csv, report.png")
     p.add_argument("--published", action="store_true", help="add the paper's numbers as labelled reference rows")

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from genas.io import atomic_write_json
+from genas.core.io import atomic_write_json
 
 SCHEMA = "genas-result/1"
 KINDS = ("search", "robustness", "detection", "segmentation", "imagenet")

@@ -36,10 +36,10 @@ from typing import Any, Mapping
 import torch
 from torch.utils.data import Dataset
 
-from genas.config import DEFAULTS
-from genas.perturbation import (PerturbationConfig, fixed_batches, perturbed_losses, recalibrated_bn,
+from genas.core.config import DEFAULTS
+from genas.scoring.perturbation import (PerturbationConfig, fixed_batches, perturbed_losses, recalibrated_bn,
                                 top1_accuracy)
-from genas.scores import angle_between, combined_score, flatness_from_losses
+from genas.scoring.formulas import angle_between, combined_score, flatness_from_losses
 from genas.spaces.base import Arch, Supernet
 
 __all__ = ["METRICS", "ArchScorer", "path_weight_vector"]

@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 from genas.spaces.base import Arch, Supernet, check_positions, unique_in_order
-from genas.spaces.darts import (CONCAT, EDGE_INPUT, EDGES_PER_CELL, NODE_EDGES, PRIMITIVES, DartsSpace)
-from genas.spaces.darts_ops import OPS, FactorizedReduce, ReLUConvBN
+from genas.spaces.darts.genotype import CONCAT, EDGE_INPUT, EDGES_PER_CELL, NODE_EDGES, PRIMITIVES
+from genas.spaces.darts.space import DartsSpace
+from genas.spaces.darts.ops import OPS, FactorizedReduce
+from genas.spaces.ops import ReLUConvBN
 
 __all__ = ["DartsSupernet", "SupernetCell"]
 

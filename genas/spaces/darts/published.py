@@ -3,11 +3,15 @@ comparison cells of its Tables 3-4.
 
 Pairs are ``(op_name, input_index)``, two per intermediate node, listed in the order the papers / reference
 code give them (not always ascending input index; :func:`genas.spaces.darts.decode` lists them ascending).
-Look a cell up by name with :data:`PUBLISHED` or :func:`genas.spaces.darts.parse_genotype`.
+Look a cell up by name with :data:`PUBLISHED` or :func:`parse_genotype` (the name-aware reader the rest of the
+suite uses; :mod:`genas.spaces.darts.genotype` stays a leaf that knows no names).
 """
 from __future__ import annotations
 
-from genas.spaces.darts import CONCAT, Genotype
+from typing import Any
+
+from genas.spaces.darts import genotype as _genotype
+from genas.spaces.darts.genotype import CONCAT, Genotype
 
 __all__ = [
     "GENAS_FLATNESS_CIFAR100",
@@ -24,6 +28,8 @@ __all__ = [
     "SDARTS_RS",
     "SDARTS_ADV",
     "PUBLISHED",
+    "parse_genotype",
+    "encode",
 ]
 
 # GeNAS, flatness (FBS) searched on CIFAR-100; ImageNet C=46, 5.20M params, ~580M MACs (paper Table 3: top-1 76.1).
@@ -276,3 +282,13 @@ PUBLISHED: dict[str, Genotype] = {
     "sdarts_rs": SDARTS_RS,
     "sdarts_adv": SDARTS_ADV,
 }
+
+
+def parse_genotype(obj: Any) -> Genotype:
+    """:func:`genas.spaces.darts.genotype.parse_genotype` that also takes a published cell's name (any case)."""
+    return _genotype.parse_genotype(obj, PUBLISHED)
+
+
+def encode(obj: Any) -> tuple[int, ...]:
+    """The 28-int encoding of a genotype in any form :func:`parse_genotype` reads, published names included."""
+    return _genotype.encode(obj, PUBLISHED)
