@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 __all__ = ["DEFAULTS", "SUPERNET_DEFAULTS", "CHOICES", "ConfigError", "load_config", "merge_config",
-           "parse_override", "dump_config"]
+           "parse_override", "dump_config", "load_yaml_file"]
 
 # Width/depth kwargs of genas.spaces.build_supernet per space; the "supernet" section is validated against
 # the defaults of the run's space (NB201 and DARTS take different arguments).
@@ -124,6 +124,21 @@ _Loader.add_implicit_resolver(
 
 def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def load_yaml_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping of settings in the YAML file at ``path``, read with the project's loader (``3e-5`` is a float);
+    an empty file is ``{}``. Raises :class:`ConfigError` for a missing file, invalid YAML or a non-mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = _yaml_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(loaded).__name__}")
+    return loaded or {}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
