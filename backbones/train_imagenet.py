@@ -23,8 +23,12 @@ epoch end and when ``--max-steps`` stops the run), ``model_best.pth`` / ``model_
 ``{'state_dict': ...}``, loadable with ``timm.create_model(name, pretrained=True,
 pretrained_cfg_overlay=dict(file=...))``), ``train_log.csv``, ``eval_log.csv``, ``config.yaml`` and, when
 training completes, ``result.json`` (:mod:`genas.core.results`, kind ``imagenet``). A resumed run restores model,
-optimizer, AMP scaler and RNG state and re-enters the epoch at the next batch (the sample order depends only on
-seed and epoch); augmentation draws inside loader workers are not replayed.
+optimizer, learning-rate schedule (a torch ``LambdaLR`` stepped once per epoch), AMP scaler and every rank's RNG
+state, and re-enters the epoch at the next batch (the sample order depends only on seed and epoch); augmentation
+draws inside loader workers are not replayed.
+
+GPU options: ``--amp bf16`` / ``--amp fp16`` (autocast; fp16 with a gradient scaler) and ``--channels-last``
+(model and inputs in NHWC), or ``amp:`` / ``channels_last:`` in the YAML.
 """
 from __future__ import annotations
 
@@ -36,25 +40,27 @@ from typing import Any, Mapping, Optional, Sequence
 
 import timm
 import torch
-import yaml
+import torch.distributed as dist
 from timm.data import create_transform, resolve_data_config
-from timm.loss import LabelSmoothingCrossEntropy
 from timm.utils import accuracy
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 from backbones.darts_net import VARIANTS
-from genas.core.config import ConfigError, merge_config
-from genas.core.distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, seed_everything
+from genas.core.config import ConfigError, dump_config, load_yaml_file, merge_config
+from genas.core.distributed import (AMP_DTYPES, DistInfo, all_reduce_sum, cleanup_distributed, get_rng_states,
+                                    init_distributed, seed_everything, set_rng_states)
+from genas.core.errors import UsageError, usage_errors
 from genas.core.io import CsvLog, atomic_torch_save, atomic_write_text, load_checkpoint
 from genas.core.results import write_result
+from genas.spaces.darts.published import parse_genotype
 
-__all__ = ["DEFAULTS", "reference_lr", "train", "main"]
+__all__ = ["DEFAULTS", "TrainError", "reference_lr", "reference_scheduler", "build_config", "train", "main"]
 
-AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 GENERIC_MODEL = "darts_imagenet"
 
 #: every setting of a run; the YAML config and the command line override these
@@ -91,7 +97,7 @@ TRAIN_FIELDS = ("step", "epoch", "lr", "loss", "loss_aux", "grad_norm", "images_
 EVAL_FIELDS = ("step", "epoch", "top1", "top5", "loss")
 
 
-class TrainError(RuntimeError):
+class TrainError(UsageError):
     """A run that cannot start or continue; the message says what to change."""
 
 
@@ -103,6 +109,12 @@ def reference_lr(epoch: int, base_lr: float, epochs: int, warmup_epochs: int) ->
     return base_lr * (epochs - epoch) / (epochs - warmup_epochs)
 
 
+def reference_scheduler(optimizer: torch.optim.Optimizer, epochs: int, warmup_epochs: int) -> LambdaLR:
+    """:func:`reference_lr` as a torch ``LambdaLR`` of the optimizer's lr, stepped once per epoch (its
+    ``state_dict`` goes into the resume checkpoint)."""
+    return LambdaLR(optimizer, lambda epoch: reference_lr(epoch, 1.0, epochs, warmup_epochs))
+
+
 def _check_config(cfg: Mapping[str, Any]) -> None:
     if cfg["data"] is None:
         raise ConfigError("no data root: pass --data ROOT (an ImageFolder root holding train/ and val/)")
@@ -112,8 +124,15 @@ def _check_config(cfg: Mapping[str, Any]) -> None:
     if cfg["model"] == GENERIC_MODEL and cfg["genotype"] is None:
         raise ConfigError(f"model {GENERIC_MODEL!r} needs --genotype (a Genotype string, a .json written by "
                           f"genas/search.py or a published name)")
+    if cfg["genotype"] is not None:
+        try:
+            parse_genotype(cfg["genotype"])
+        except ValueError as exc:
+            raise ConfigError(f"genotype: {exc}") from None
     if cfg["amp"] not in AMP_DTYPES:
         raise ConfigError(f"amp must be one of {list(AMP_DTYPES)}, got {cfg['amp']!r}")
+    if str(cfg["device"]).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {cfg['device']!r}: CUDA is not available; use --device cpu (or auto)")
     for key in ("epochs", "batch_size", "input_size"):
         if cfg[key] <= 0:
             raise ConfigError(f"{key} must be positive, got {cfg[key]}")
@@ -188,17 +207,20 @@ def evaluate(model: nn.Module, dataset: Any, cfg: Mapping[str, Any], info: DistI
     return {"top1": 100 * hits1 / count, "top5": 100 * hits5 / count, "loss": loss_sum / count}
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch_rng": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state(device)
-    return state
+def _gather_rng_states(info: DistInfo) -> list[dict[str, Any]]:
+    """Every rank's generator states (index = rank), collected on all ranks; CPU ByteTensors only."""
+    state = get_rng_states(info.device)
+    if info.world_size == 1:
+        return [state]
+    states: list[Any] = [None] * info.world_size
+    dist.all_gather_object(states, state)
+    return states
 
 
-def _restore_rng(state: Mapping[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch_rng"])
-    if device.type == "cuda" and "cuda_rng" in state:
-        torch.cuda.set_rng_state(state["cuda_rng"], device)
+def _restore_rng(states: Sequence[Mapping[str, Any]], info: DistInfo) -> None:
+    """This rank's saved states (when the run is resumed with another world size: rank ``r % saved``). The
+    checkpoint is loaded with ``map_location='cpu'``: ``torch.set_rng_state`` accepts only CPU ByteTensors."""
+    set_rng_states(states[info.rank % len(states)], info.device)
 
 
 def _check_resume(saved: Mapping[str, Any], cfg: Mapping[str, Any], path: Path) -> None:
@@ -256,44 +278,47 @@ def _train(cfg: dict[str, Any], out: Path, resume: bool, info: DistInfo) -> Path
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                                 weight_decay=cfg["weight_decay"])
+    scheduler = reference_scheduler(optimizer, cfg["epochs"], cfg["warmup_epochs"])
     amp_dtype = AMP_DTYPES[cfg["amp"]]
     scaler = torch.amp.GradScaler(info.device.type, enabled=cfg["amp"] == "fp16")
     step, epoch, batch_in_epoch, best_top1 = 0, 0, 0, None
     if resume:
-        state = load_checkpoint(last_path, map_location=info.device)
+        # on CPU: load_state_dict moves model / optimizer tensors to their parameters' device, and the RNG
+        # states must stay CPU ByteTensors
+        state = load_checkpoint(last_path, map_location="cpu")
         _check_resume(state["config"], cfg, last_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        _restore_rng(state["rng"], info.device)
+        _restore_rng(state["rng"], info)
         step, epoch, batch_in_epoch, best_top1 = (state["step"], state["epoch"], state["batch_in_epoch"],
                                                  state["best_top1"])
     ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
         if info.world_size > 1 else None
     net = ddp or model
-    criterion = LabelSmoothingCrossEntropy(smoothing=cfg["label_smoothing"])
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
 
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        atomic_write_text(out / "config.yaml", dump_config(cfg))
         train_log = CsvLog(out / "train_log.csv", TRAIN_FIELDS, step)
         eval_log = CsvLog(out / "eval_log.csv", EVAL_FIELDS, step)
 
     def save_state(next_epoch: int, next_batch: int) -> None:
+        rng = _gather_rng_states(info)  # a collective: every rank takes part, rank 0 writes
         if info.is_main:
             atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scaler": scaler.state_dict(), "rng": _rng_state(info.device), "step": step,
-                               "epoch": next_epoch, "batch_in_epoch": next_batch, "best_top1": best_top1,
-                               "config": cfg}, last_path)
+                               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
+                               "step": step, "epoch": next_epoch, "batch_in_epoch": next_batch,
+                               "best_top1": best_top1, "config": cfg}, last_path)
 
     total_steps = steps_per_epoch * cfg["epochs"]
     bar = tqdm(total=total_steps, initial=step, desc=cfg["model"], disable=not (info.is_main and cfg["progress"]),
                dynamic_ncols=True)
     stopped, metrics = False, None
     while epoch < cfg["epochs"] and not stopped:
-        lr = reference_lr(epoch, cfg["lr"], cfg["epochs"], cfg["warmup_epochs"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = optimizer.param_groups[0]["lr"]  # the scheduler's value for this epoch
         model.drop_path_prob = cfg["drop_path"] * epoch / cfg["epochs"]
         indices = _epoch_indices(len(train_set), epoch, cfg["seed"], info)[batch_in_epoch * batch_per_rank:]
         net.train()
@@ -335,6 +360,7 @@ def _train(cfg: dict[str, Any], out: Path, resume: bool, info: DistInfo) -> Path
             save_state(epoch, batch_in_epoch)
             break
         epoch, batch_in_epoch = epoch + 1, 0
+        scheduler.step()
         if val_set is not None:
             metrics = evaluate(net, val_set, cfg, info, batch_per_rank)
             if info.is_main:
@@ -356,28 +382,16 @@ def _train(cfg: dict[str, Any], out: Path, resume: bool, info: DistInfo) -> Path
     return last_path
 
 
-def _load_yaml(path: Optional[str]) -> dict[str, Any]:
-    if path is None:
-        return {}
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
-    if loaded is not None and not isinstance(loaded, dict):
-        raise ConfigError(f"{p}: expected a mapping of settings, got {type(loaded).__name__}")
-    return loaded or {}
-
-
 def build_config(args: argparse.Namespace) -> dict[str, Any]:
-    """DEFAULTS <- YAML file <- command-line flags; unknown keys and wrong types raise ConfigError."""
-    cfg = merge_config(DEFAULTS, _load_yaml(args.config), source=args.config or "config")
+    """DEFAULTS <- YAML file (the project's loader: ``3e-5`` is a float) <- command-line flags; unknown keys and
+    wrong types raise ConfigError."""
+    loaded = load_yaml_file(args.config) if args.config else {}
+    cfg = merge_config(DEFAULTS, loaded, source=args.config or "config")
     flags = {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
     return merge_config(cfg, flags, source="command line")
 
 
+@usage_errors
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Train a DARTS-space timm model on an ImageFolder root "
                                                  "(ImageNet recipe of the reference).")
@@ -398,8 +412,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--workers", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--amp", choices=["bf16", "fp16"])
-    parser.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
+    parser.add_argument("--amp", choices=["bf16", "fp16"], help="autocast dtype (default: fp32)")
+    parser.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
+                        help="model and inputs in channels_last (NHWC) memory format")
     parser.add_argument("--log-every", dest="log_every", type=int)
     parser.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
     parser.add_argument("--max-steps", dest="max_steps", type=int, help="stop resumably after this many steps")
@@ -407,12 +422,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--output", required=True, help="run folder (checkpoints, logs, result.json)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from last.pth")
     args = parser.parse_args(argv)
-    try:
-        cfg = build_config(args)
-        last = train(cfg, args.output, resume=args.resume)
-    except (ConfigError, TrainError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    last = train(build_config(args), args.output, resume=args.resume)  # UsageError: one stderr line, exit 2
     print(f"checkpoint: {last}")
     return 0
 

@@ -1,10 +1,13 @@
 """ImageNet training script: the learning-rate schedule, the config file and a CPU smoke run on a tiny generated
-ImageFolder (train a few steps, stop, resume, finish, evaluate)."""
+ImageFolder (train a few steps, stop, resume, finish, evaluate); bf16 + channels_last; 2-process DDP (gloo)."""
 from __future__ import annotations
 
 import argparse
 import csv
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,8 @@ import timm
 import torch
 from PIL import Image
 
-from backbones.train_imagenet import DEFAULTS, build_config, main, reference_lr
+import backbones.train_imagenet as train_imagenet
+from backbones.train_imagenet import DEFAULTS, build_config, main, reference_lr, reference_scheduler
 from genas.core.config import ConfigError
 from genas.core.io import load_checkpoint
 from genas.core.results import read_result
@@ -47,6 +51,40 @@ def test_reference_lr_schedule():
     assert reference_lr(249, 0.5, 250, 5) == pytest.approx(0.5 / 245)
 
 
+def test_reference_scheduler_is_a_torch_lambdalr_giving_the_schedule():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    scheduler = reference_scheduler(optimizer, epochs=250, warmup_epochs=5)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR)
+    lrs = []
+    for _ in range(250):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([reference_lr(e, 0.5, 250, 5) for e in range(250)], rel=1e-12)
+    assert lrs[:6] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.5]) and lrs[-1] == pytest.approx(0.5 / 245)
+    # its state (last_epoch) restores the schedule in a fresh scheduler, as --resume does
+    fresh_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    fresh = reference_scheduler(fresh_opt, epochs=10, warmup_epochs=2)
+    for _ in range(3):
+        fresh_opt.step()
+        fresh.step()
+    again_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    again = reference_scheduler(again_opt, epochs=10, warmup_epochs=2)
+    again_opt.load_state_dict(fresh_opt.state_dict())
+    again.load_state_dict(fresh.state_dict())
+    again_opt.step()
+    again.step()
+    assert again_opt.param_groups[0]["lr"] == pytest.approx(0.5 * (10 - 4) / 8)
+
+
+def test_label_smoothing_is_torch_cross_entropy():
+    logits, labels = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0])
+    loss = torch.nn.CrossEntropyLoss(label_smoothing=0.1)(logits, labels)
+    log_p = torch.log_softmax(logits, 1)[0]
+    # (1 - 0.1) * NLL of the label + 0.1 * mean NLL over the 3 classes
+    assert loss.item() == pytest.approx(-(0.9 * log_p[0] + 0.1 * log_p.mean()).item(), rel=1e-6)
+
+
 def test_config_file_holds_reference_recipe():
     args = argparse.Namespace(config=str(REPO / "configs/imagenet/genas_c100.yaml"), lr=None, epochs=3)
     cfg = build_config(args)
@@ -54,6 +92,14 @@ def test_config_file_holds_reference_recipe():
     assert (cfg["lr"], cfg["batch_size"], cfg["weight_decay"], cfg["warmup_epochs"]) == (0.5, 1024, 3e-5, 5)
     assert (cfg["label_smoothing"], cfg["auxiliary_weight"], cfg["grad_clip"]) == (0.1, 0.4, 5.0)
     assert set(cfg) == set(DEFAULTS)
+
+
+def test_yaml_exponent_without_dot_is_a_float(tmp_path):
+    """``weight_decay: 3e-5`` is a string for YAML 1.1 (PyYAML's safe_load): the project's loader reads a float."""
+    config = tmp_path / "wd.yaml"
+    config.write_text("weight_decay: 3e-5\nlr: 5e-1\n")
+    cfg = build_config(argparse.Namespace(config=str(config)))
+    assert cfg["weight_decay"] == 3e-5 and isinstance(cfg["weight_decay"], float) and cfg["lr"] == 0.5
 
 
 def test_unknown_config_key_is_an_error(tmp_path):
@@ -68,7 +114,7 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_smoke_train_stop_resume_finish(tiny_imagefolder, tmp_path, capsys):
+def test_smoke_train_stop_resume_finish(tiny_imagefolder, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     # 8 train images / batch 4 = 2 steps per epoch, 2 epochs = 4 steps; C=8 keeps it fast
     common = ["--data", str(tiny_imagefolder), "--model", "genas_c100", "--C", "8", "--epochs", "2",
@@ -82,11 +128,23 @@ def test_smoke_train_stop_resume_finish(tiny_imagefolder, tmp_path, capsys):
     assert math.isfinite(float(rows[0]["loss"])) and math.isfinite(float(rows[0]["loss_aux"]))
     assert float(rows[0]["lr"]) == pytest.approx(0.5)
     assert not (out / "result.json").exists()
+    # the scheduler (not yet stepped: the stop is inside epoch 0) and one RNG state per rank, CPU ByteTensors
+    assert state["scheduler"]["last_epoch"] == 0 and state["scheduler"]["base_lrs"] == [0.5]
+    assert len(state["rng"]) == 1
+    assert state["rng"][0]["torch_rng"].dtype == torch.uint8 and state["rng"][0]["torch_rng"].device.type == "cpu"
 
     assert main(common) == 2  # refuses to overwrite a run without --resume
     assert "--resume" in capsys.readouterr().err
 
+    # --resume reads the checkpoint on the CPU (torch.set_rng_state takes only CPU tensors, so a GPU run's
+    # map_location=<cuda> crashed) and restores the saved generator state
+    loads = []
+    monkeypatch.setattr(train_imagenet, "load_checkpoint",
+                        lambda path, map_location: loads.append(map_location) or load_checkpoint(path, map_location))
+    restored = []
+    monkeypatch.setattr(train_imagenet, "set_rng_states", lambda s, device: restored.append(s["torch_rng"].clone()))
     assert main(common + ["--resume"]) == 0
+    assert loads == ["cpu"] and len(restored) == 1 and torch.equal(restored[0], state["rng"][0]["torch_rng"])
     rows = _rows(out / "train_log.csv")
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]  # continued from the saved step
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.5, 0.5, 0.5, 0.5])  # epoch 1: 0.5 * (2-1)/(2-1)
@@ -95,6 +153,7 @@ def test_smoke_train_stop_resume_finish(tiny_imagefolder, tmp_path, capsys):
     assert [int(r["epoch"]) for r in evals] == [0, 1]
     state = load_checkpoint(out / "last.pth")
     assert (state["step"], state["epoch"]) == (4, 2)
+    assert state["scheduler"]["last_epoch"] == 2
     result = read_result(out / "result.json")
     assert result["kind"] == "imagenet" and result["model"] == "genas_c100"
     # 4 val images, 2 classes: top-1 is a multiple of 25 %, top-5 covers both classes
@@ -119,4 +178,61 @@ def test_clear_errors(tiny_imagefolder, tmp_path, capsys):
     assert main(["--data", str(tiny_imagefolder), "--output", str(tmp_path / "d"), "--resume", "--device", "cpu",
                  "--epochs", "2", "--warmup-epochs", "1"]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+    assert main(["--data", str(tiny_imagefolder), "--model", "darts_imagenet", "--genotype", "Genotype(normal=[",
+                 "--output", str(tmp_path / "e"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: genotype: cannot parse genotype string") and err.count("\n") == 1
+    if not torch.cuda.is_available():
+        assert main(["--data", str(tiny_imagefolder), "--output", str(tmp_path / "f"), "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "acef")
+
+
+def test_bf16_channels_last(tiny_imagefolder, tmp_path):
+    """The GPU options on CPU: bf16 autocast and channels_last train with finite losses; the model is NHWC."""
+    out = tmp_path / "run"
+    assert main(["--data", str(tiny_imagefolder), "--model", "genas_c100", "--C", "8", "--epochs", "2",
+                 "--warmup-epochs", "1", "--batch-size", "4", "--input-size", "64", "--workers", "0",
+                 "--device", "cpu", "--log-every", "1", "--no-progress", "--output", str(out), "--max-steps", "2",
+                 "--amp", "bf16", "--channels-last"]) == 0
+    rows = _rows(out / "train_log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2] and all(math.isfinite(float(r["loss"])) for r in rows)
+    state = load_checkpoint(out / "last.pth")
+    assert state["config"]["amp"] == "bf16" and state["config"]["channels_last"] is True
+    stem = state["model"]["stem0.0.weight"]
+    assert stem.dtype == torch.float32  # autocast: the weights stay fp32
+    assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()
+
+
+def test_ddp_two_gloo_processes(tiny_imagefolder, tmp_path):
+    """torchrun with 2 CPU processes (gloo): the global batch of 4 is split 2 + 2, one epoch of 2 steps, the
+    evaluation is sharded over the ranks and all-reduced: the written top-1 equals a 1-process evaluation of
+    the final weights, and both ranks' RNG states are in the checkpoint."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "backbones/train_imagenet.py", "--data", str(tiny_imagefolder), "--model", "genas_c100", "--C", "8",
+           "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "4", "--input-size", "64", "--workers", "0",
+           "--device", "cpu", "--log-every", "1", "--no-progress", "--output", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows(out / "train_log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2] and all(math.isfinite(float(r["loss"])) for r in rows)
+    state = load_checkpoint(out / "last.pth")
+    assert (state["step"], state["epoch"]) == (2, 1)
+    assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["torch_rng"], state["rng"][1]["torch_rng"])
+    result = read_result(out / "result.json")
+
+    model = timm.create_model("genas_c100", C=8, num_classes=2, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(out / "model_final.pth"), num_classes=2))
+    cfg = dict(DEFAULTS, workers=0, input_size=64, amp=None, channels_last=False)
+    from timm.data import create_transform, resolve_data_config
+    from torchvision.datasets import ImageFolder
+    data_cfg = dict(resolve_data_config(model=model), input_size=(3, 64, 64))
+    val = ImageFolder(str(tiny_imagefolder / "val"), transform=create_transform(**data_cfg, is_training=False))
+    info = train_imagenet.DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    single = train_imagenet.evaluate(model, val, cfg, info, batch_size=2)
+    assert result["metrics"]["top1"] == pytest.approx(single["top1"], abs=1e-9)
+    evals = _rows(out / "eval_log.csv")
+    assert float(evals[-1]["loss"]) == pytest.approx(single["loss"], rel=1e-5)  # a continuous value, all 4 images
+    assert result["metrics"]["top5"] == 100.0

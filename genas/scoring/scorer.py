@@ -9,7 +9,19 @@ Metrics (``score.metric``), higher is better:
 ``angle+flatness``     angle / pi + gamma * F / sigma_1 (Eq. 5)
 ``accuracy+flatness``  accuracy + gamma * F / sigma_1 (Eq. 5)
 ``angle+accuracy``     angle / pi + accuracy (both in [0, 1], summed with weight 1)
+``naswot``             NASWOT log-det of the path's ReLU-code kernel (:mod:`genas.scoring.proxies`)
+``synflow``            ln of the path's SynFlow (float64, absolute weights, BN as identity)
+``naswot+flatness``    naswot / ref + gamma * F / sigma_1 (Eq. 5 with S = the normalised proxy)
+``synflow+flatness``   ln(synflow) / ref + gamma * F / sigma_1
 =====================  =======================================================================
+
+Proxy normalisation. Eq. 5 adds gamma * F / sigma_1 to an S of the scale of a fraction (accuracy in [0, 1],
+angle / pi). A per-candidate min-max over the population is impossible (a candidate's score must not depend
+on the others), so the proxy P (naswot, ln synflow) is divided by a fixed reference ``ref``: the mean P of
+``PROXY_REFERENCE_ARCHS`` = 8 architectures drawn from the space with ``score.seed``, computed once per
+scorer on the same supernet and batches. S = P / ref is then ~1 for a typical architecture of the space (as
+accuracy is ~1 for a good one), a positive constant factor that keeps P's ranking, and gamma weighs flatness
+against S as it does against accuracy. The metrics ``naswot`` / ``synflow`` alone are the raw P.
 
 Angle vector (RLNAS convention). The path's weights (``supernet.path_parameter_names(arch)``: stem, cells,
 reduction blocks, BN affine, classifier) are concatenated, followed by one constant per parameter-free op on
@@ -33,6 +45,7 @@ import time
 import warnings
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -40,13 +53,20 @@ from genas.core.config import DEFAULTS
 from genas.scoring.perturbation import (PerturbationConfig, fixed_batches, perturbed_losses, recalibrated_bn,
                                 top1_accuracy)
 from genas.scoring.formulas import angle_between, combined_score, flatness_from_losses
+from genas.scoring import proxies
 from genas.spaces.base import Arch, Supernet
 
 __all__ = ["METRICS", "ArchScorer", "path_weight_vector"]
 
-METRICS = ("accuracy", "angle", "flatness", "angle+flatness", "accuracy+flatness", "angle+accuracy")
+METRICS = ("accuracy", "angle", "flatness", "angle+flatness", "accuracy+flatness", "angle+accuracy",
+           "naswot", "synflow", "naswot+flatness", "synflow+flatness")
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Architectures (drawn with score.seed) whose mean proxy normalises naswot / synflow in "<proxy>+flatness".
+PROXY_REFERENCE_ARCHS = 8
+# Result key of each proxy's raw value (synflow is kept as its natural log).
+PROXY_COLUMNS = {"naswot": "naswot", "synflow": "log_synflow"}
 
 # Constants of parameter-free ops in the angle vector (see the module docstring).
 PARAMETER_FREE_CONSTANTS: dict[str, tuple[float, ...]] = {
@@ -106,6 +126,7 @@ class ArchScorer:
         self.uses_angle = "angle" in parts
         self.uses_accuracy = "accuracy" in parts
         self.uses_flatness = "flatness" in parts
+        self.proxy = next((p for p in parts if p in proxies.PROXIES), None)  # naswot | synflow | None
         self.perturbation = PerturbationConfig(
             sigmas=tuple(self.cfg["sigmas"]), noise=self.cfg["noise"],
             common_random_numbers=bool(self.cfg["common_random_numbers"]), positions=self.cfg["positions"],
@@ -121,7 +142,7 @@ class ArchScorer:
         self.init_state_dict = init_state_dict
         self.recalib_batches: list = []
         self.val_batches: list = []
-        if self.uses_accuracy or self.uses_flatness:
+        if self.uses_accuracy or self.uses_flatness or self.proxy:
             if train_data is None or val_data is None:
                 raise ValueError(f"metric {self.cfg['metric']!r} needs train_data (BN recalibration) and "
                                  f"val_data (loss / accuracy)")
@@ -132,6 +153,7 @@ class ArchScorer:
             self.val_batches = fixed_batches(val_data, self.cfg["eval_batches"], int(self.cfg["eval_batch_size"]),
                                              seed + 1, self.device, self.memory_format)
         self.num_nonfinite = 0
+        self.proxy_reference = self._proxy_reference() if self.proxy and self.uses_flatness else None
 
     def _check_amp_resolution(self) -> None:
         """Refuse autocast when sigma_1 is below the dtype's resolution at the weights' RMS: the perturbation
@@ -153,6 +175,43 @@ class ArchScorer:
         final = path_weight_vector(dict(self.supernet.named_parameters()), names, op_names)
         return angle_between(init, final)
 
+    def proxy_value(self, arch: Arch) -> float:
+        """The raw training-free proxy of ``arch`` (:mod:`genas.scoring.proxies`) on the supernet path:
+        ``naswot`` on the first validation batch, in eval mode with BN recalibrated as for ``accuracy``;
+        ``synflow`` with an all-ones input of the validation images' shape (BN is an identity there).
+        ``synflow`` is reported as ``ln(synflow)`` (it spans orders of magnitude; -inf for a path that
+        passes no signal), ``naswot`` as the log-determinant itself."""
+        arch = self.supernet.space.validate(arch)
+        x = self.val_batches[0][0]
+        if self.proxy == "synflow":
+            value = proxies.synflow(self.supernet, tuple(x.shape[1:]), arch,
+                                    param_names=self.supernet.path_parameter_names(arch, "all"), device=self.device)
+            return math.log(value) if value > 0 else -math.inf
+
+        def forward(inp: torch.Tensor) -> torch.Tensor:
+            return self.supernet(inp, arch)
+
+        with recalibrated_bn(self.supernet, forward, self.recalib_batches, self.amp_dtype):
+            return proxies.naswot(self.supernet, x, arch)
+
+    def _proxy_reference(self) -> float:
+        """The normaliser of the proxy in ``<proxy>+flatness``: the mean proxy value of
+        :data:`PROXY_REFERENCE_ARCHS` architectures drawn from the space with ``score.seed`` (non-finite
+        values left out), computed once on this supernet and these batches."""
+        rng = np.random.default_rng(int(self.cfg["seed"]))
+        values = [self.proxy_value(self.supernet.space.sample(rng)) for _ in range(PROXY_REFERENCE_ARCHS)]
+        finite = [v for v in values if math.isfinite(v)]
+        reference = sum(finite) / len(finite) if finite else math.nan
+        if not (math.isfinite(reference) and reference > 0):
+            raise ValueError(f"metric {self.cfg['metric']!r}: the mean {self.proxy} of {PROXY_REFERENCE_ARCHS} "
+                             f"reference architectures is {reference!r}, not a positive number to normalise by; "
+                             f"use metric {self.proxy!r} alone")
+        return reference
+
+    def normalised_proxy(self, value: float) -> float:
+        """``value / reference`` (see the module docstring): the proxy on the scale of an accuracy fraction."""
+        return value / self.proxy_reference
+
     def __call__(self, arch: Arch) -> dict[str, Any]:
         start = time.perf_counter()
         arch = self.supernet.space.validate(arch)
@@ -160,6 +219,8 @@ class ArchScorer:
                                   "angle": None, "finite": True}
         if self.uses_angle:
             result["angle"] = self.angle(arch)
+        if self.proxy:
+            result[PROXY_COLUMNS[self.proxy]] = self.proxy_value(arch)
         if self.uses_accuracy or self.uses_flatness:
             def forward(x: torch.Tensor) -> torch.Tensor:
                 return self.supernet(x, arch)
@@ -187,9 +248,12 @@ class ArchScorer:
             base += result["angle"] / math.pi
         if self.uses_accuracy:
             base += result["accuracy"]
+        if self.proxy:
+            value = result[PROXY_COLUMNS[self.proxy]]
+            base += self.normalised_proxy(value) if self.uses_flatness else value
         if not self.uses_flatness:
             return base
         result["flatness"] = flatness_from_losses(result["losses"], sigmas, float(self.cfg["alpha"]))
-        if self.uses_angle or self.uses_accuracy:
+        if self.uses_angle or self.uses_accuracy or self.proxy:
             return combined_score(base, result["flatness"], float(self.cfg["gamma"]), sigmas[0])
         return result["flatness"]
