@@ -116,3 +116,59 @@ def test_naswot_counts_only_the_path_relus():
     # one 3x3 conv edge (gene 0 = node1 <- node0, then node 3 <- node1 via skip) adds one ReLU per cell
     codes = relu_codes(supernet, lambda inp: supernet(inp, (3, 0, 0, 0, 1, 0)), x)
     assert codes.shape == (4, 640 + 4 * 64 + 8 * 16 + 16 * 4)
+
+
+# --------------------------------------------------------------------------------------------------
+# As score.metric values of ArchScorer
+# --------------------------------------------------------------------------------------------------
+def _tiny_data(n: int = 32, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.TensorDataset(torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def _scorer(metric: str, supernet, **extra):
+    from genas.scoring.scorer import ArchScorer
+    cfg = {"metric": metric, "recalib_batches": 1, "eval_batches": 1, "eval_batch_size": 16,
+           "batch_size_recalib": 16, "channels_last": False, **extra}
+    return ArchScorer(supernet, cfg, _tiny_data(seed=1), _tiny_data(seed=2), "cpu")
+
+
+def test_scorer_synflow_and_its_normalised_combination():
+    import numpy as np
+    from genas.scoring.formulas import flatness_from_losses
+    from genas.scoring.scorer import PROXY_REFERENCE_ARCHS
+
+    torch.manual_seed(0)
+    supernet = build_supernet("nb201", num_classes=10, C=4, N=1)
+    arch = (3, 2, 1, 3, 0, 4)
+    raw = synflow(supernet, (3, 8, 8), arch, param_names=supernet.path_parameter_names(arch))
+    alone = _scorer("synflow", supernet)(arch)
+    assert alone["log_synflow"] == pytest.approx(math.log(raw), rel=1e-12)
+    assert alone["score"] == alone["log_synflow"] and alone["losses"] is None
+
+    combined_scorer = _scorer("synflow+flatness", supernet, gamma=0.5, sigmas=[1e-3, 1e-2])
+    rng = np.random.default_rng(0)  # score.seed: the reference architectures
+    refs = [rng_arch for rng_arch in (supernet.space.sample(rng) for _ in range(PROXY_REFERENCE_ARCHS))]
+    logs = [math.log(v) for v in (synflow(supernet, (3, 8, 8), a, param_names=supernet.path_parameter_names(a))
+                                  for a in refs) if v > 0]
+    assert combined_scorer.proxy_reference == pytest.approx(sum(logs) / len(logs), rel=1e-12)
+    result = combined_scorer(arch)
+    flat = flatness_from_losses(result["losses"], [1e-3, 1e-2], 1.0)
+    expected = math.log(raw) / combined_scorer.proxy_reference + 0.5 * flat / 1e-3
+    assert result["score"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_scorer_naswot_is_order_independent_and_leaves_the_supernet_unchanged():
+    torch.manual_seed(0)
+    supernet = build_supernet("nb201", num_classes=10, C=4, N=1)
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+    scorer = _scorer("naswot", supernet)
+    a, b = (3, 3, 3, 3, 3, 3), (1, 0, 2, 4, 1, 0)
+    first = [scorer(a)["score"], scorer(b)["score"]]
+    second = [scorer(b)["score"], scorer(a)["score"]][::-1]
+    assert first == second and all(math.isfinite(v) for v in first)
+    # 16 distinct images: K is positive definite, its log-det at most 16 ln(N_A) (Hadamard)
+    assert 0 < first[0] <= 16 * math.log(relu_codes(supernet, lambda x: supernet(x, a), torch.randn(2, 3, 8, 8)).shape[1])
+    for key, value in supernet.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert _scorer("naswot+flatness", supernet)(a)["naswot"] == first[0]
