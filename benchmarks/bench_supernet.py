@@ -24,7 +24,8 @@ from torch import nn
 from genas.core.distributed import resolve_device
 from genas.spaces import build_supernet, get_space
 from genas.spaces.base import Arch
-from genas.train_supernet import AMP_DTYPES, train_step
+from genas.core.distributed import AMP_DTYPES
+from genas.train_supernet import train_step
 
 
 def standalone_network(space: str, arch: Arch, args: argparse.Namespace) -> nn.Module:

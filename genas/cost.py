@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from fvcore.nn import FlopCountAnalysis, parameter_count
 from torch import nn
 
 from genas.spaces.base import Arch, SearchSpace
@@ -30,9 +29,18 @@ NB201_EVAL = {"C": 16, "N": 5}
 DARTS_CIFAR_EVAL = {"C": 36, "layers": 20}
 
 
+def _fvcore_nn():
+    """``fvcore.nn``, imported on first use: importing it runs ``torch.jit.script`` on its focal losses, which
+    prints torch's ``torch.jit.script`` deprecation ``FutureWarning``; that one warning is silenced here only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+        import fvcore.nn
+    return fvcore.nn
+
+
 def count_params(model: nn.Module) -> int:
     """Number of parameters (fvcore ``parameter_count``; buffers such as BN statistics excluded)."""
-    return int(parameter_count(model)[""])
+    return int(_fvcore_nn().parameter_count(model)[""])
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -40,7 +48,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     model = model.eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fvcore's tracer warns about torch.jit deprecations and no-op ops
-        analysis = FlopCountAnalysis(model, torch.zeros(1, *input_shape))
+        analysis = _fvcore_nn().FlopCountAnalysis(model, torch.zeros(1, *input_shape))
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         return int(sum(n for op, n in analysis.by_operator().items() if op in MAC_OPS))
 

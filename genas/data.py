@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
+from genas.core.errors import UsageError
+
 __all__ = ["DATASETS", "DatasetError", "SearchData", "ImageTensors", "SearchSplit", "RandomLabels",
            "EpochSampler", "split_indices", "build_search_data", "load_imagenet16"]
 
@@ -39,7 +41,7 @@ _STATS = {
 IMAGENET16_CLASSES = 120
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UsageError, RuntimeError):
     """A dataset that is missing or not laid out as expected; the message says what was expected where."""
 
 

@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 from tqdm.auto import tqdm
 
+from genas.core.config import DEFAULTS
+from genas.core.errors import UsageError
 from genas.core.io import atomic_write_json
 from genas.spaces.base import Arch, SearchSpace
 
@@ -50,23 +52,27 @@ ScoreFn = Callable[[Arch], Mapping[str, Any]]
 Constraint = Callable[[Arch], bool]
 
 
-class StateError(ValueError):
+class StateError(UsageError):
     """A search state file that cannot be resumed (unreadable, or written by a different search)."""
+
+
+# Defaults are the config's (genas.core.config.DEFAULTS): one place for every default of the suite.
+_SEARCH_DEFAULTS = DEFAULTS["search"]
 
 
 @dataclass(frozen=True)
 class SearchSettings:
     """The ``search`` section of a run config minus the constraint limits (see :mod:`genas.cost`)."""
 
-    algorithm: str = "evolution"
-    population: int = 50
-    topk: int = 10
-    mutation_num: int = 25
-    mutation_prob: float = 0.1
-    crossover_num: int = 25
-    iterations: int = 20
-    random_num: int = 1000
-    seed: int = 0
+    algorithm: str = _SEARCH_DEFAULTS["algorithm"]
+    population: int = _SEARCH_DEFAULTS["population"]
+    topk: int = _SEARCH_DEFAULTS["topk"]
+    mutation_num: int = _SEARCH_DEFAULTS["mutation_num"]
+    mutation_prob: float = _SEARCH_DEFAULTS["mutation_prob"]
+    crossover_num: int = _SEARCH_DEFAULTS["crossover_num"]
+    iterations: int = _SEARCH_DEFAULTS["iterations"]
+    random_num: int = _SEARCH_DEFAULTS["random_num"]
+    seed: int = _SEARCH_DEFAULTS["seed"]
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:

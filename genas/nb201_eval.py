@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from genas.core.errors import UsageError, usage_errors
 from genas.core.io import atomic_write_json
 
 __all__ = ["DATASETS", "GROUND_TRUTH_COLUMNS", "read_scores", "read_ground_truth_csv", "read_ground_truth_api",
@@ -37,7 +38,7 @@ ARCH_COLUMN = "ArchitectureString"
 TOPK = (1, 5, 10)
 
 
-class EvalError(ValueError):
+class EvalError(UsageError):
     """Unusable input; the message names the file and what to fix."""
 
 
@@ -153,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@usage_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -172,9 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise EvalError("give --ground-truth CSV or --benchmark-file (official NATS-Bench file)")
         result = {"dataset": dataset, "scores": str(args.scores), "ground_truth": source,
                   **evaluate(read_scores(args.scores), truth, sorted(set(args.topk)))}
-    except EvalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # a malformed scores / ground-truth file
+        if isinstance(e, UsageError):
+            raise
+        raise EvalError(str(e)) from None
     print(_format(result, dataset))
     if args.out is not None:
         atomic_write_json(args.out, result)

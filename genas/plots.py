@@ -36,6 +36,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from genas.core.errors import UsageError, usage_errors
 from genas.core.io import atomic_write
 from genas.core.results import read_result
 from genas.spaces import darts, nb201
@@ -511,6 +512,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class PlotInputError(UsageError):
+    """An input of the plotting CLI that cannot be read or drawn."""
+
+
+@usage_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -521,9 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       k=args.k, sigmas=args.sigmas, gt_column=args.gt_column)
         else:
             out = plot_best_score(args.history, args.out)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # a genotype, scores or history file that cannot be read
+        raise PlotInputError(str(e)) from None
     print(out)
     return 0
 

@@ -25,14 +25,16 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 
-from genas.core.config import ConfigError, dump_config, load_config
-from genas.data import DatasetError, build_search_data
+from genas.core.errors import UsageError, usage_errors
+from genas.core.config import dump_config, load_config
+from genas.data import build_search_data
 from genas.core.distributed import resolve_device
 from genas.evolution import (Search, SearchOutcome, SearchSettings, StateError, check_algorithm,
                              expand_to_all)
 from genas.cost import CostConstraint, NetworkCost
 from genas.core.io import atomic_write, atomic_write_json, atomic_write_text, load_checkpoint, sha256_of
 from genas.core.results import write_result
+from genas.scoring.scorer import check_score_config
 from genas.spaces import SearchSpace, get_space
 
 __all__ = ["main", "score_rows", "write_scores_csv", "write_rows_csv", "write_best_genotype", "SearchCLIError"]
@@ -46,7 +48,7 @@ STATE_FILE = "search_state.json"
 RESULT_COLUMNS = ("flatness", "accuracy", "angle", "finite", "seconds")
 
 
-class SearchCLIError(RuntimeError):
+class SearchCLIError(UsageError):
     """Unusable command line or inputs; printed as one line, exit status 2, nothing written."""
 
 
@@ -173,6 +175,7 @@ class _Plan:
         try:
             self.settings = SearchSettings.from_config(self.cfg["search"])
             check_algorithm(self.space, self.settings)
+            check_score_config(self.cfg["score"])
         except ValueError as e:
             raise SearchCLIError(f"{args.config}: {e}") from None
         self.out = args.out if args.out is not None else REPO / "runs" / f"search-{args.config.stem}"
@@ -330,14 +333,11 @@ def _print_summary(r: Mapping[str, Any]) -> None:
     print(f"outputs in {r['out']}: {', '.join(r['files'])}")
 
 
+@usage_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result = run(args)
-    except (ConfigError, DatasetError, SearchCLIError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = run(args)
     _print_summary(result)
     return 0
 

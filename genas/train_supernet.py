@@ -42,22 +42,22 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from genas.core.errors import UsageError, usage_errors
 from genas.core.config import ConfigError, dump_config, load_config
-from genas.data import DatasetError, EpochSampler, RandomLabels, build_search_data
-from genas.core.distributed import (DistInfo, all_reduce_sum, barrier, cleanup_distributed, get_rng_states,
+from genas.data import EpochSampler, RandomLabels, build_search_data
+from genas.core.distributed import (AMP_DTYPES, DistInfo, all_reduce_sum, barrier, cleanup_distributed, get_rng_states,
                                init_distributed, seed_everything, set_rng_states)
 from genas.core.io import CsvLog, atomic_torch_save, atomic_write_text, load_checkpoint
 from genas.spaces import Supernet, build_supernet, get_space
 
-__all__ = ["AMP_DTYPES", "RunExistsError", "train_step", "train_supernet", "load_supernet", "main"]
+__all__ = ["RunExistsError", "train_step", "train_supernet", "load_supernet", "main"]
 
-AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Settings that may differ between a run and its resumption (they do not change the trained weights).
 RESUMABLE_CHANGES = {"train.device", "train.workers", "train.checkpoint_every_steps", "train.log_every_steps"}
 LOG_FIELDS = ("step", "epoch", "lr", "loss", "acc", "time")
 
 
-class RunExistsError(FileExistsError):
+class RunExistsError(UsageError, FileExistsError):
     """The output folder already holds a run that is not being resumed, or one trained with other settings."""
 
 
@@ -249,6 +249,7 @@ def _summary_writer(path: Path, step: int):
     return SummaryWriter(str(path), purge_step=step if step > 0 else None)
 
 
+@usage_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train a one-shot supernet with single-path uniform sampling "
                                                  "(SPOS).")
@@ -260,12 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted config overrides such as train.epochs=2")
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
-    try:
-        cfg = load_config(args.config, overrides)
-        final = train_supernet(cfg, args.out or Path("runs") / Path(args.config).stem, resume=args.resume)
-    except (ConfigError, DatasetError, RunExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, overrides)
+    final = train_supernet(cfg, args.out or Path("runs") / Path(args.config).stem, resume=args.resume)
     print(f"supernet: {final}")
     return 0
 

@@ -14,6 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from genas.core.errors import UsageError
+
 __all__ = ["DEFAULTS", "SUPERNET_DEFAULTS", "CHOICES", "ConfigError", "load_config", "merge_config",
            "parse_override", "dump_config", "load_yaml_file"]
 
@@ -104,7 +106,7 @@ CHOICES: dict[str, tuple] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A config file or override that cannot be used; the message names the key and the source."""
 
 

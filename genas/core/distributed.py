@@ -15,7 +15,19 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "resolve_device", "init_distributed", "cleanup_distributed", "get_rank", "get_world_size",
-           "is_main", "barrier", "all_reduce_sum", "seed_everything", "get_rng_states", "set_rng_states"]
+           "is_main", "barrier", "all_reduce_sum", "seed_everything", "get_rng_states", "set_rng_states",
+           "AMP_DTYPES", "amp_dtype"]
+
+
+#: ``amp`` setting -> autocast dtype (``None``: full precision); every stage's ``amp`` option reads this table.
+AMP_DTYPES: dict[str | None, torch.dtype | None] = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_dtype(name: str | None, setting: str = "amp") -> torch.dtype | None:
+    """The autocast dtype of ``name`` (``None``, ``"bf16"`` or ``"fp16"``); ``ValueError`` naming ``setting``."""
+    if name not in AMP_DTYPES:
+        raise ValueError(f"{setting} must be null (fp32), 'bf16' or 'fp16', got {name!r}")
+    return AMP_DTYPES[name]
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,25 @@ __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_tor
            "sha256_of", "CsvLog"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None]) -> Path:
-    """Call ``write_fn(tmp_path)`` then move the temporary file onto ``path``."""
+    """Call ``write_fn(tmp_path)`` then move the temporary file onto ``path``.
+
+    The file gets the mode a plain ``open(path, "w")`` would give (0666 minus the umask, e.g. 0644), not
+    ``mkstemp``'s private 0600: results, logs and checkpoints are meant to be read by the team.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

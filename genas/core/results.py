@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from genas.core.errors import UsageError
 from genas.core.io import atomic_write_json
 
 SCHEMA = "genas-result/1"
@@ -31,7 +32,7 @@ KINDS = ("search", "robustness", "detection", "segmentation", "imagenet")
 __all__ = ["SCHEMA", "KINDS", "ResultFileError", "write_result", "read_result", "validate_result"]
 
 
-class ResultFileError(ValueError):
+class ResultFileError(UsageError):
     """A result JSON that cannot be read or does not follow the schema; the message names the file."""
 
 

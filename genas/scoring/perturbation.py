@@ -36,6 +36,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from genas.core.config import DEFAULTS
 from genas.scoring.formulas import check_sigmas
 from genas.spaces.base import Arch, Supernet, check_positions
 
@@ -47,6 +48,10 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 NOISE_MODES = ("independent", "cumulative")
 DIRECTIONS = ("random", "hessian")
+
+
+# Defaults are the config's (genas.core.config.DEFAULTS): one place for every default of the suite.
+_SCORE_DEFAULTS = DEFAULTS["score"]
 
 
 @dataclass(frozen=True)
@@ -64,14 +69,14 @@ class PerturbationConfig:
     """
 
     sigmas: tuple[float, ...]
-    noise: str = "independent"
-    common_random_numbers: bool = True
-    positions: str = "all"
-    direction: str = "random"
-    seed: int = 0
-    batched_sigmas: bool = False
-    hessian_iters: int = 20
-    hessian_tol: float = 1e-4
+    noise: str = _SCORE_DEFAULTS["noise"]
+    common_random_numbers: bool = _SCORE_DEFAULTS["common_random_numbers"]
+    positions: str = _SCORE_DEFAULTS["positions"]
+    direction: str = _SCORE_DEFAULTS["direction"]
+    seed: int = _SCORE_DEFAULTS["seed"]
+    batched_sigmas: bool = _SCORE_DEFAULTS["batched_sigmas"]
+    hessian_iters: int = _SCORE_DEFAULTS["hessian_iters"]
+    hessian_tol: float = _SCORE_DEFAULTS["hessian_tol"]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sigmas", check_sigmas(self.sigmas))

@@ -50,18 +50,17 @@ import torch
 from torch.utils.data import Dataset
 
 from genas.core.config import DEFAULTS
+from genas.core.distributed import amp_dtype
 from genas.scoring.perturbation import (PerturbationConfig, fixed_batches, perturbed_losses, recalibrated_bn,
                                 top1_accuracy)
 from genas.scoring.formulas import angle_between, combined_score, flatness_from_losses
 from genas.scoring import proxies
 from genas.spaces.base import Arch, Supernet
 
-__all__ = ["METRICS", "ArchScorer", "path_weight_vector"]
+__all__ = ["METRICS", "ArchScorer", "check_score_config", "perturbation_config", "path_weight_vector"]
 
 METRICS = ("accuracy", "angle", "flatness", "angle+flatness", "accuracy+flatness", "angle+accuracy",
            "naswot", "synflow", "naswot+flatness", "synflow+flatness")
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Architectures (drawn with score.seed) whose mean proxy normalises naswot / synflow in "<proxy>+flatness".
 PROXY_REFERENCE_ARCHS = 8
@@ -97,8 +96,26 @@ def _score_config(score_cfg: Mapping[str, Any]) -> dict[str, Any]:
     cfg = {**known, **score_cfg}
     if cfg["metric"] not in METRICS:
         raise ValueError(f"score.metric must be one of {METRICS}, got {cfg['metric']!r}")
-    if cfg["amp"] is not None and cfg["amp"] not in AMP_DTYPES:
-        raise ValueError(f"score.amp must be null (fp32) or one of {sorted(AMP_DTYPES)}, got {cfg['amp']!r}")
+    amp_dtype(cfg["amp"], "score.amp")
+    return cfg
+
+
+def perturbation_config(cfg: Mapping[str, Any]) -> PerturbationConfig:
+    """The perturbation settings of a full score config (validated: sigmas, noise, positions, direction)."""
+    return PerturbationConfig(
+        sigmas=tuple(cfg["sigmas"]), noise=cfg["noise"],
+        common_random_numbers=bool(cfg["common_random_numbers"]), positions=cfg["positions"],
+        direction=cfg["direction"], seed=int(cfg["seed"]),
+        batched_sigmas=bool(cfg["batched_sigmas"]), hessian_iters=int(cfg["hessian_iters"]),
+        hessian_tol=float(cfg["hessian_tol"]))
+
+
+def check_score_config(score_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Every check :class:`ArchScorer` makes on its config alone (no supernet, no data): what the search CLI
+    runs before the first file is written or the first training step, so a bad ``score`` section fails in
+    a second instead of after supernet training. ``ValueError`` naming the option."""
+    cfg = _score_config(score_cfg)
+    perturbation_config(cfg)
     return cfg
 
 
@@ -127,13 +144,8 @@ class ArchScorer:
         self.uses_accuracy = "accuracy" in parts
         self.uses_flatness = "flatness" in parts
         self.proxy = next((p for p in parts if p in proxies.PROXIES), None)  # naswot | synflow | None
-        self.perturbation = PerturbationConfig(
-            sigmas=tuple(self.cfg["sigmas"]), noise=self.cfg["noise"],
-            common_random_numbers=bool(self.cfg["common_random_numbers"]), positions=self.cfg["positions"],
-            direction=self.cfg["direction"], seed=int(self.cfg["seed"]),
-            batched_sigmas=bool(self.cfg["batched_sigmas"]), hessian_iters=int(self.cfg["hessian_iters"]),
-            hessian_tol=float(self.cfg["hessian_tol"]))
-        self.amp_dtype = AMP_DTYPES.get(self.cfg["amp"])
+        self.perturbation = perturbation_config(self.cfg)
+        self.amp_dtype = amp_dtype(self.cfg["amp"], "score.amp")
         if self.uses_flatness and self.amp_dtype is not None:
             self._check_amp_resolution()
         if self.uses_angle and init_state_dict is None:

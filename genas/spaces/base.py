@@ -57,9 +57,9 @@ class SearchSpace(abc.ABC):
         """JSON-able description written by the search (DARTS: genotype readable by ``backbones``)."""
         return {"space": self.name, "arch": self.to_string(arch)}
 
+    @abc.abstractmethod
     def validate(self, arch: Arch) -> Arch:
-        """Return ``arch`` as a tuple of ints, raising ``ValueError`` if it is not in the space."""
-        return tuple(int(g) for g in arch)
+        """Return ``arch`` as a tuple of ints, raising ``ValueError`` (saying which gene) if it is not in the space."""
 
 
 class Supernet(nn.Module, abc.ABC):
