@@ -4,6 +4,12 @@ Every searched or published DARTS cell becomes a timm model: ``import backbones`
 below, then ``timm.create_model('genas_c100', ...)`` works like any timm model (classification, ``features_only``,
 ``reset_classifier``, local weights through ``pretrained_cfg_overlay=dict(file=...)``). A variant is data (a
 cell and a width); the network code lives in the NAS core.
+
+Every registered model passes timm's own model tests (``tests/test_models.py`` of timm; our
+``tests/test_timm_contract.py`` keeps the same checks). The generic ``darts_imagenet`` / ``darts_cifar`` build
+any cell given as ``genotype=``; created without one (as timm's tests and tools do) they use
+:data:`DEFAULT_GENOTYPE`, the paper's main cell (GeNAS flatness, CIFAR-100 search). ``python -m
+backbones.export`` writes any of them in timm's hub format (``local-dir:`` / ``hf-hub:``).
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, clean_state_dict, generate_default_cfgs, register_model
 
 from genas.spaces.darts.genotype import Genotype
 from genas.spaces.darts.network import NetworkCIFAR, NetworkImageNet, _DartsNetwork
@@ -23,7 +29,8 @@ from genas.spaces.darts.published import (
     SDARTS_RS,
 )
 
-__all__ = ["NetworkImageNet", "NetworkCIFAR", "Variant", "VARIANTS", "checkpoint_filter_fn"]
+__all__ = ["NetworkImageNet", "NetworkCIFAR", "Variant", "VARIANTS", "GENERIC", "DEFAULT_GENOTYPE",
+           "checkpoint_filter_fn"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -32,19 +39,20 @@ __all__ = ["NetworkImageNet", "NetworkCIFAR", "Variant", "VARIANTS", "checkpoint
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
     """Map a reference / DDP checkpoint onto ``model``'s keys.
 
-    Accepts a plain state dict or one wrapped as ``{'state_dict': ...}`` (or ``'model'``), strips the DDP
-    ``module.`` prefix, drops the auxiliary head when ``model`` has none and drops an auxiliary classifier
-    whose class count differs from the model's (timm drops the main classifier in that case itself).
+    timm's file loader already unwraps ``state_dict`` / ``model`` and DDP ``module.`` prefixes; this filter does
+    the same with timm's ``clean_state_dict`` (so it also serves a checkpoint dict passed to it directly) and adds
+    the one DARTS rule: drop the auxiliary head when ``model`` has none, and an auxiliary classifier whose class
+    count differs from the model's (timm drops the main classifier in that case itself).
     """
     for key in ("state_dict", "model"):
         if isinstance(state_dict.get(key), dict):
             state_dict = state_dict[key]
             break
+    state_dict = clean_state_dict(state_dict)
     aux = getattr(model, "auxiliary_head", None)
     model_state = model.state_dict()
     out = {}
     for k, v in state_dict.items():
-        k = k.removeprefix("module.")
         if k.startswith("auxiliary_head."):
             if aux is None:
                 continue
@@ -120,25 +128,31 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _require_genotype(name: str, kwargs: Dict[str, Any]) -> None:
+#: The cell of ``darts_imagenet`` / ``darts_cifar`` created without ``genotype=``: the paper's main result.
+DEFAULT_GENOTYPE: Genotype = GENAS_FLATNESS_CIFAR100
+#: generic model name -> (network class, default C, default layers): what the reference trains at that size
+GENERIC: Dict[str, tuple] = {"darts_imagenet": (NetworkImageNet, 48, 14), "darts_cifar": (NetworkCIFAR, 36, 20)}
+
+
+def _create_generic(name: str, pretrained: bool, **kwargs) -> _DartsNetwork:
+    model_cls, C, layers = GENERIC[name]
     if kwargs.get("genotype") is None:
-        raise ValueError(f"{name} needs genotype=...: a Genotype, its string, a JSON dict / .json file written "
-                         f"by genas/search.py, or a published name such as 'genas_flatness_cifar100'")
+        kwargs["genotype"] = DEFAULT_GENOTYPE
+    return _create(name, model_cls, pretrained, **{"C": C, "layers": layers, **kwargs})
 
 
 @register_model
 def darts_imagenet(pretrained: bool = False, **kwargs) -> NetworkImageNet:
-    """Any DARTS-space cell as an ImageNet network: ``genotype=`` (object, string, JSON or .json path), ``C=``
-    (default 48), ``layers=`` (default 14)."""
-    _require_genotype("darts_imagenet", kwargs)
-    return _create("darts_imagenet", NetworkImageNet, pretrained, **{"C": 48, "layers": 14, **kwargs})
+    """Any DARTS-space cell as an ImageNet network: ``genotype=`` (object, string, JSON or .json path; default
+    :data:`DEFAULT_GENOTYPE`), ``C=`` (default 48), ``layers=`` (default 14)."""
+    return _create_generic("darts_imagenet", pretrained, **kwargs)
 
 
 @register_model
 def darts_cifar(pretrained: bool = False, **kwargs) -> NetworkCIFAR:
-    """Any DARTS-space cell as a CIFAR network: ``genotype=``, ``C=`` (default 36), ``layers=`` (default 20)."""
-    _require_genotype("darts_cifar", kwargs)
-    return _create("darts_cifar", NetworkCIFAR, pretrained, **{"C": 36, "layers": 20, **kwargs})
+    """Any DARTS-space cell as a CIFAR network: ``genotype=`` (default :data:`DEFAULT_GENOTYPE`), ``C=`` (default
+    36), ``layers=`` (default 20)."""
+    return _create_generic("darts_cifar", pretrained, **kwargs)
 
 
 @register_model

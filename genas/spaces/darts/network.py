@@ -19,16 +19,22 @@ ReLU). The CIFAR network has the same four levels at strides 1 / 1 / 2 / 4 (stem
 
 Drop-path follows the reference: one rate for every op output except identities, applied in training only;
 ``train_imagenet.py`` ramps ``model.drop_path_prob`` linearly over the epochs as the reference does.
-"""
-from __future__ import annotations
 
+The networks keep timm's model contract (timm's own ``tests/test_models.py`` passes for every registered
+model; ``tests/test_timm_contract.py`` keeps the same checks): ``forward`` is TorchScript-able (ModuleLists are
+iterated, never indexed by a variable) and FX-traceable (no Python control flow on traced values), every
+parameter and buffer is created on the ``device`` / ``dtype`` asked for (``device='meta'`` included), and
+``forward_features`` ends at the last feature level kept by ``prune_intermediate_layers``.
+"""
+
+from contextlib import nullcontext
 from typing import Any, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timm.layers import create_classifier, drop_path
+from timm.layers import create_classifier, drop_path, get_device_dtype, register_notrace_module
 from timm.models._features import feature_take_indices
 
 from genas.spaces.darts.genotype import Genotype
@@ -56,21 +62,25 @@ class Cell(nn.Module):
         self.multiplier = len(self._concat)
         self._ops = nn.ModuleList(
             OPS[name](C, 2 if reduction and index < 2 else 1, True) for name, index in pairs)
+        # which op outputs get drop-path (all but identities), as plain data: TorchScript and FX read it statically
+        self._drop = [not isinstance(op, Identity) for op in self._ops]
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
-        for step in range(self._steps):
-            node = 0
-            for k in (2 * step, 2 * step + 1):
-                op = self._ops[k]
-                h = op(states[self._indices[k]])
-                if not isinstance(op, Identity):
-                    h = drop_path(h, drop_prob, self.training)
-                node = node + h
-            states.append(node)
+        states: List[torch.Tensor] = [self.preprocess0(s0), self.preprocess1(s1)]
+        first = states[0]  # the node's first op output (typed placeholder for TorchScript)
+        # ops 2k and 2k+1 feed node k; iterate the ModuleList (TorchScript cannot index it with a variable)
+        for k, op in enumerate(self._ops):
+            h = op(states[self._indices[k]])
+            if self._drop[k]:
+                h = drop_path(h, drop_prob, self.training)
+            if k % 2 == 0:
+                first = h
+            else:
+                states.append(first + h)
         return torch.cat([states[i] for i in self._concat], dim=1)
 
 
+@register_notrace_module  # a size test on the input: an FX leaf, so traced training graphs keep it
 class _AuxPool(nn.AvgPool2d):
     """The auxiliary head's average pool, skipped when the map is smaller than its window.
 
@@ -121,9 +131,17 @@ class _DartsNetwork(nn.Module):
 
     def __init__(self, genotype: Any, C: int, layers: int, num_classes: int = 1000, in_chans: int = 3,
                  auxiliary: bool = False, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 global_pool: str = "avg"):
+                 global_pool: str = "avg", device: Any = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
-        genotype = parse_genotype(genotype)
+        # the ops are shared with the supernet and take no device/dtype: build them under the device, then cast
+        with torch.device(device) if device is not None else nullcontext():
+            self._build(parse_genotype(genotype), C, layers, num_classes, in_chans, auxiliary, drop_rate,
+                        drop_path_rate, global_pool)
+        if dtype is not None:
+            self.to(dtype=dtype)
+
+    def _build(self, genotype: Genotype, C: int, layers: int, num_classes: int, in_chans: int, auxiliary: bool,
+               drop_rate: float, drop_path_rate: float, global_pool: str) -> None:
         if layers < 3:
             raise ValueError(f"a DARTS network needs at least 3 cells (two reductions), got layers={layers}")
         if C < 2 or C % 2:
@@ -131,8 +149,9 @@ class _DartsNetwork(nn.Module):
                              f"halve it), got C={C}")
         self.genotype = genotype
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
-        self.drop_path_prob = drop_path_rate
+        self.drop_path_prob = float(drop_path_rate)
         self.reduction_cells = (layers // 3, 2 * layers // 3)
         self._aux_after = 2 * layers // 3
 
@@ -192,17 +211,23 @@ class _DartsNetwork(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """New classifier (and auxiliary classifier, dropped when ``num_classes == 0``)."""
+        dd = get_device_dtype(self)
         self.num_classes = num_classes
         if global_pool is None:
             global_pool = self.global_pool.pool_type
         self.global_pool, self.head_drop, self.classifier = create_classifier(
-            self.num_features, num_classes, pool_type=global_pool, drop_rate=self.drop_rate)
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=self.drop_rate, **dd)
         self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        new_modules = [self.global_pool, self.head_drop, self.classifier]
         if self.auxiliary_head is not None:
-            if num_classes > 0:
-                self.auxiliary_head.classifier = nn.Linear(self.auxiliary_head.classifier.in_features, num_classes)
+            if num_classes > 0:  # only the last Linear is new: frozen aux convs stay frozen
+                self.auxiliary_head.classifier = nn.Linear(self.auxiliary_head.classifier.in_features, num_classes,
+                                                           **dd)
+                new_modules.append(self.auxiliary_head.classifier)
             else:
                 self.auxiliary_head = None
+        for module in new_modules:
+            module.train(self.training)
 
     def forward_intermediates(
             self,
@@ -247,35 +272,50 @@ class _DartsNetwork(nn.Module):
             self.cells = self.cells[:num_cells]
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
             prune_head = True
+        if num_cells == 0:
+            self.prune_stem()
         if prune_head:
             self.auxiliary_head = None
             self.reset_classifier(0, "")
         return take_indices
 
-    def _forward_cells(self, x: torch.Tensor, with_aux: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def prune_stem(self) -> None:
+        """Make ``forward_features`` end at feature level 0 once every cell is pruned (the stem's tap)."""
+
+    def _forward_cells(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         s0, s1 = self.forward_stem(x)
-        aux = None
+        aux: Optional[torch.Tensor] = None
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
-            if with_aux and i == self._aux_after:
+            # Python values only (module attribute, mode, loop index): static under TorchScript and FX
+            if self.auxiliary_head is not None and self.training and i == self._aux_after:
                 aux = self.auxiliary_head(s1)
         return s1, aux
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward_cells(x, with_aux=False)[0]
+        s0, s1 = self.forward_stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+        return s1
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(self.global_pool(x))
         return x if pre_logits else self.classifier(x)
 
-    def forward(self, x: torch.Tensor, return_aux: bool = False
-                ) -> Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
-        """Logits; with ``return_aux=True`` ``(logits, aux_logits)``, ``aux_logits`` being ``None`` outside
-        training or without an auxiliary head (the training loop passes the flag through DDP)."""
-        with_aux = return_aux and self.training and self.auxiliary_head is not None
-        features, aux = self._forward_cells(x, with_aux)
+    def forward(self, x: torch.Tensor, return_aux: bool = False):
+        """Logits; in training with an auxiliary head ``(logits, aux_logits)`` (timm's and torchvision's Inception
+        convention). ``return_aux=True`` always gives the pair, ``aux_logits`` being ``None`` outside training or
+        without an auxiliary head, for training loops that want one shape (the flag passes through DDP).
+
+        A scripted model returns the logits only. Under FX tracing ``return_aux`` is a placeholder, not a bool,
+        so it is tested by identity (``is True``) and never used as a traced condition.
+        """
+        features, aux = self._forward_cells(x)
         logits = self.forward_head(features)
-        return (logits, aux) if return_aux else logits
+        if not torch.jit.is_scripting():
+            if return_aux is True or aux is not None:
+                return logits, aux
+        return logits
 
 
 class NetworkImageNet(_DartsNetwork):
@@ -307,6 +347,9 @@ class NetworkImageNet(_DartsNetwork):
     def forward_stem(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         s0 = self.stem0(x)
         return s0, self.stem1(s0)
+
+    def prune_stem(self) -> None:
+        self.stem1 = nn.Identity()  # level 0 is stem0's output; stem1 only fed the (pruned) cells
 
 
 class NetworkCIFAR(_DartsNetwork):
