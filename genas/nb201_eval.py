@@ -25,7 +25,8 @@ from scipy import stats
 from genas.core.errors import UsageError, usage_errors
 from genas.core.io import atomic_write_json
 
-__all__ = ["DATASETS", "GROUND_TRUTH_COLUMNS", "read_scores", "read_ground_truth_csv", "read_ground_truth_api",
+__all__ = ["DATASETS", "GROUND_TRUTH_COLUMNS", "read_scores", "read_ground_truth_column", "read_ground_truth_csv",
+           "read_ground_truth_api",
            "evaluate", "main"]
 
 DATASETS = ("cifar10", "cifar100", "ImageNet16-120")
@@ -81,11 +82,17 @@ def read_scores(path: str | Path) -> list[tuple[str, float]]:
     return out
 
 
-def read_ground_truth_csv(path: str | Path, dataset: str) -> dict[str, float]:
-    """``arch string -> 200-epoch test accuracy (%)`` from the benchmark CSV layout."""
-    path, column = Path(path), GROUND_TRUTH_COLUMNS[_dataset(dataset)]
+def read_ground_truth_column(path: str | Path, column: str) -> dict[str, float]:
+    """``arch string -> accuracy`` from column ``column`` of a table in the benchmark CSV layout
+    (``ArchitectureString`` plus one accuracy column per dataset): the one reader of NB201 ground truth."""
+    path = Path(path)
     return {row[ARCH_COLUMN].strip(): float(row[column]) for row in _read_csv(path, [ARCH_COLUMN, column],
                                                                                 "ground-truth CSV")}
+
+
+def read_ground_truth_csv(path: str | Path, dataset: str) -> dict[str, float]:
+    """``arch string -> 200-epoch test accuracy (%)`` of ``dataset`` from the benchmark CSV layout."""
+    return read_ground_truth_column(path, GROUND_TRUTH_COLUMNS[_dataset(dataset)])
 
 
 def read_ground_truth_api(benchmark_file: str | Path, dataset: str) -> dict[str, float]:

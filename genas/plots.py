@@ -39,6 +39,7 @@ from matplotlib.ticker import MaxNLocator
 from genas.core.errors import UsageError, usage_errors
 from genas.core.io import atomic_write
 from genas.core.results import read_result
+from genas.nb201_eval import read_ground_truth_column
 from genas.spaces import darts, nb201
 
 __all__ = [
@@ -416,20 +417,6 @@ def pick_top_middle_bottom(ranked: Sequence[Any], k: int) -> dict[str, list[Any]
     return {"top": list(ranked[:k]), "middle": list(ranked[middle:middle + k]), "bottom": list(ranked[n - k:])}
 
 
-def _read_ground_truth(ground_truth_csv: str | os.PathLike, column: str) -> dict[str, float]:
-    """NB201 arch string -> accuracy from a benchmark table laid out like ``shared/data/nb201`` (columns
-    ``ArchitectureString`` and one accuracy column per dataset)."""
-    path = Path(ground_truth_csv)
-    if not path.is_file():
-        raise ValueError(f"ground-truth CSV not found: {path}")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if "ArchitectureString" not in (reader.fieldnames or []) or column not in (reader.fieldnames or []):
-            raise ValueError(f"{path}: expected columns ArchitectureString and {column!r} (NAS-Bench-201 table), "
-                             f"got {reader.fieldnames}")
-        return {row["ArchitectureString"]: float(row[column]) for row in reader}
-
-
 def select_curves(curves: Sequence[dict[str, Any]], archs: Sequence[str] | None = None,
                   truth: Mapping[str, float] | None = None, k: int = 3) -> list[tuple[str, dict[str, Any], float]]:
     """``(group, curve, value)`` of the curves to plot: ``archs`` (arch strings or keys; group "", value the
@@ -465,7 +452,7 @@ def plot_loss_curvature(scores_csv: str | os.PathLike, out_png: str | os.PathLik
     """
     path = figure_path(out_png)
     sigmas, curves = read_loss_curves(scores_csv, sigmas)
-    truth = _read_ground_truth(ground_truth_csv, gt_column) if ground_truth_csv is not None and archs is None else None
+    truth = read_ground_truth_column(ground_truth_csv, gt_column) if ground_truth_csv is not None and archs is None else None
     try:
         chosen = select_curves(curves, archs, truth, k)
     except ValueError as e:

@@ -6,18 +6,26 @@ config's metric (flatness, angle, accuracy or a combination) and search the spac
     python genas/search.py --config ... --metric angle+flatness --sigmas 2e-3,1e-2,2e-2 --gamma 1.5
     python genas/search.py --config ... --resume                # continue a killed search (same result)
     python genas/search.py --config ... --opts search.population=20 train.epochs=5
+    torchrun --nproc_per_node 8 genas/search.py --config ... --device cuda   # DDP training, candidates sharded
+
+Under ``torchrun`` the supernet trains with DDP, then each generation's candidates are split over the ranks
+(round robin, fixed), each rank scores its share on its ``LOCAL_RANK`` device (``--device cuda``), the results
+are gathered so every rank holds the same memo, and rank 0 alone writes files: the result equals the
+single-process one, and ``--resume`` works with any number of processes. ``summary.json`` records
+``world_size`` and ``evaluations_per_rank``.
 
 Files in the output folder (default ``runs/search-<config name>``): ``best_genotype.json`` (readable by
 ``backbones`` for DARTS), ``topk.csv``, ``search_log.csv`` (one row per iteration), ``scores.csv`` (one row per
 scored architecture; for an exhaustive NB201 search one row per each of the 15,625 architectures, keyed by arch
-string, for ``genas/nb201_eval.py``), ``best_score.png``, ``cell.png``, ``summary.json`` (the suite's result
+string, for ``genas/nb201_eval.py``: each scored on its own with ``search.dedupe: exact``, the default, or
+inheriting its isomorphism class's score with ``isomorphic``), ``best_score.png``, ``cell.png``, ``summary.json`` (the suite's result
 format), ``config.yaml``, ``search_state.json`` (resumable state) and ``supernet/`` when trained here.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
+import os
 import pickle
 import sys
 import time
@@ -28,11 +36,11 @@ from typing import Any, Iterable, Mapping, Sequence
 from genas.core.errors import UsageError, usage_errors
 from genas.core.config import dump_config, load_config
 from genas.data import build_search_data
-from genas.core.distributed import resolve_device
+from genas.core.distributed import DistInfo, barrier, cleanup_distributed, init_distributed, resolve_device
 from genas.evolution import (Search, SearchOutcome, SearchSettings, StateError, check_algorithm,
                              expand_to_all)
 from genas.cost import CostConstraint, NetworkCost
-from genas.core.io import atomic_write, atomic_write_json, atomic_write_text, load_checkpoint, sha256_of
+from genas.core.io import atomic_write_json, atomic_write_text, load_checkpoint, sha256_of, write_rows_csv
 from genas.core.results import write_result
 from genas.scoring.scorer import check_score_config
 from genas.spaces import SearchSpace, get_space
@@ -68,8 +76,9 @@ def score_rows(space: SearchSpace, outcome: SearchOutcome, sigmas: Sequence[floa
     """One row per architecture, best first (ties by key): arch string, key, score, the loss at each sigma,
     the scorer's other outputs and (``params_of(arch)``) the standalone parameter count.
 
-    With ``all_archs``, every member of a scored isomorphism class gets a row carrying the class's result;
-    the scored representative comes first within its class (it is the search's pick for the best class).
+    With ``all_archs``, every member of a scored key (``search.dedupe: isomorphic``: an isomorphism class) gets a
+    row carrying the key's result; the scored representative comes first within its class (it is the search's
+    pick for the best class). With ``exact`` every architecture is its own key.
     """
     members: dict[str, list] = {}
     if all_archs is not None:
@@ -92,18 +101,6 @@ def score_rows(space: SearchSpace, outcome: SearchOutcome, sigmas: Sequence[floa
                 row["params"] = params_of(arch)
             rows.append(row)
     return rows
-
-
-def write_rows_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None) -> Path:
-    """Write dict rows as CSV atomically (columns: ``fieldnames`` or the first row's keys)."""
-    fields = list(fieldnames if fieldnames is not None else (rows[0].keys() if rows else []))
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-    return atomic_write(path, write)
 
 
 def write_scores_csv(path: str | Path, space: SearchSpace, outcome: SearchOutcome, sigmas: Sequence[float],
@@ -139,7 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--supernet", type=Path, help="trained supernet checkpoint (final.pt); default: train one")
     p.add_argument("--out", type=Path, help="output folder (default runs/search-<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the search (and training) saved in --out")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the config's train.device)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the config's train.device); under "
+                                    "torchrun, cuda is each rank's LOCAL_RANK GPU")
     p.add_argument("--save-every", type=int, default=10,
                    help="also save the search state every N scored candidates (default %(default)s; 0: per iteration)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -198,7 +196,7 @@ class _Plan:
             raise SearchCLIError(f"{self.out} already holds a search ({STATE_FILE}); pass --resume to continue it "
                                  f"(a finished one just rewrites its outputs) or choose another --out")
         try:
-            self.device = resolve_device(self.cfg["train"]["device"])
+            self.device = resolve_device(self.cfg["train"]["device"], int(os.environ.get("LOCAL_RANK", "0")))
         except RuntimeError as e:  # also torch's "Expected one of cpu, cuda, ..." for a malformed name
             raise SearchCLIError(f"--device / train.device: {e}") from None
 
@@ -247,8 +245,23 @@ def _plot(out: Path, best_json: Path, log_csv: Path) -> list[str]:
     return written
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    plan = _Plan(args)
+def run(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The whole search; under ``torchrun`` every rank calls it (see ``Multi-GPU`` in the README): DDP training,
+    candidates sharded over the ranks, each on its ``LOCAL_RANK`` device; rank 0 alone writes files and returns
+    the summary (other ranks return ``None``)."""
+    plan = _Plan(args)  # every usage check, on every rank, before any collective or file
+    import torch.distributed as dist
+    caller_group = dist.is_initialized()  # a caller's process group is the caller's to close
+    info = init_distributed(plan.cfg["train"]["device"])
+    plan.device = info.device
+    try:
+        return _run(args, plan, info)
+    finally:
+        if not caller_group:
+            cleanup_distributed()
+
+
+def _run(args: argparse.Namespace, plan: _Plan, info: DistInfo) -> dict[str, Any] | None:
     data = build_search_data(plan.cfg["data"])
     cost, constraint = _constraint(plan, data.num_classes, data.input_shape)
 
@@ -260,13 +273,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         plan.ckpt = train_supernet(plan.cfg, plan.out, resume=True, show_progress=not args.no_progress)
         supernet_seconds = None if reused else time.perf_counter() - start
     supernet = _load_supernet(plan, data.num_classes)
+    from genas.train_supernet import sampled_path_accuracy
+    path_accuracy = sampled_path_accuracy(supernet, data.train, data.val, plan.device,
+                                          seed=int(plan.cfg["train"]["seed"]))
     init_state = load_checkpoint(plan.init_path)["model"] if plan.needs_init else None
 
     from genas.scoring.scorer import ArchScorer
     scorer = ArchScorer(supernet, plan.cfg["score"], data.train, data.val, plan.device, init_state_dict=init_state)
     sigmas = list(plan.cfg["score"]["sigmas"]) if "flatness" in plan.metric.split("+") else []
-    plan.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(plan.out / "config.yaml", dump_config(plan.cfg))
+    if info.is_main:
+        plan.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(plan.out / "config.yaml", dump_config(plan.cfg))
     ckpt_sha = sha256_of(plan.ckpt)
     fingerprint = {"score": plan.cfg["score"], "data": plan.cfg["data"], "supernet_sha256": ckpt_sha,
                    "max_params": plan.cfg["search"]["max_params"], "max_flops": plan.cfg["search"]["max_flops"]}
@@ -277,9 +294,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except StateError as e:
         raise SearchCLIError(str(e)) from None
 
-    provenance = {"supernet_seconds": supernet_seconds, "supernet_checkpoint": str(plan.ckpt),
-                  "supernet_sha256": ckpt_sha, "device": str(plan.device)}
-    return _write_outputs(plan, outcome, cost, sigmas, provenance)
+    provenance = {"supernet_seconds": supernet_seconds, "supernet_val_accuracy": path_accuracy, "supernet_checkpoint": str(plan.ckpt),
+                  "supernet_sha256": ckpt_sha, "device": str(plan.device), "world_size": info.world_size,
+                  "evaluations_per_rank": outcome.evaluations_per_rank}
+    result = _write_outputs(plan, outcome, cost, sigmas, provenance) if info.is_main else None
+    barrier()  # every rank leaves once rank 0 has written the outputs
+    return result
 
 
 def _write_outputs(plan: _Plan, outcome: SearchOutcome, cost: NetworkCost | None, sigmas: list[float],
@@ -316,7 +336,8 @@ def _write_outputs(plan: _Plan, outcome: SearchOutcome, cost: NetworkCost | None
         meta["arch"], model = arch_text, arch_text
     write_result(out / "summary.json", kind="search", model=model, metrics={"score": outcome.best_score}, **meta)
     return {"out": out, "arch": arch_text, "score": outcome.best_score, "params": params, "outcome": outcome,
-            "metric": plan.metric, "files": files, "supernet_seconds": provenance["supernet_seconds"]}
+            "metric": plan.metric, "files": files, "supernet_seconds": provenance["supernet_seconds"],
+            "supernet_val_accuracy": provenance["supernet_val_accuracy"]}
 
 
 def _print_summary(r: Mapping[str, Any]) -> None:
@@ -326,6 +347,9 @@ def _print_summary(r: Mapping[str, Any]) -> None:
     timing = f"search {outcome.seconds:.1f} s ({outcome.seconds / 3600:.3f} h)"
     if r["supernet_seconds"] is not None:
         timing += f", supernet training {r['supernet_seconds']:.1f} s"
+    acc = r["supernet_val_accuracy"]
+    print(f"supernet: validation accuracy of {acc['num_paths']} sampled paths mean {acc['mean']:.3f} (median "
+          f"{acc['median']:.3f}, min {acc['min']:.3f}, max {acc['max']:.3f}; {acc['num_images']} images)")
     print(f"{outcome.num_evaluations} architectures scored in {len(outcome.history)} iteration(s); {timing}")
     if outcome.num_nonfinite:
         print(f"warning: {outcome.num_nonfinite} candidate(s) had a non-finite perturbed loss and got the worst "
@@ -336,9 +360,11 @@ def _print_summary(r: Mapping[str, Any]) -> None:
 @usage_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main_rank = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     result = run(args)
-    _print_summary(result)
+    if result is not None:  # rank 0 (the only process without torchrun)
+        _print_summary(result)
     return 0
 
 

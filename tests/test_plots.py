@@ -15,6 +15,7 @@ import pytest
 
 from conftest import assert_png
 from genas import plots
+from genas.nb201_eval import read_ground_truth_column
 from genas.spaces.darts.published import GENAS_FLATNESS_CIFAR100
 from genas.core.results import write_result
 from genas.spaces.darts import encode, format_genotype, genotype_to_json
@@ -190,7 +191,7 @@ def test_curvature_picks_by_ground_truth_once_per_class(tmp_path):
         for i, a in enumerate(NB201_ARCHS):
             w.writerow([90.0 - i, 70.0, 40.0, a, ""])
     sigmas, curves = plots.read_loss_curves(scores)
-    truth = plots._read_ground_truth(gt, "CIFAR10TestAccuracy200Epochs")
+    truth = read_ground_truth_column(gt, "CIFAR10TestAccuracy200Epochs")
     picked = [(group, c["key"], value) for group, c, value in plots.select_curves(curves, truth=truth, k=3)]
     # 9 classes ranked by truth (k9's member arch 9 merges into k8, whose best member has 82.0)
     assert picked == [("top", "k0", 90.0), ("top", "k1", 89.0), ("top", "k2", 88.0),
@@ -213,7 +214,7 @@ def test_curvature_with_the_real_nb201_table(tmp_path, nb201_csv):
     rows = [(a, str(i), 0.0, [1.0, 1.1, 1.3]) for i, (a, _) in enumerate(table)]
     scores = write_scores(tmp_path / "scores.csv", rows)
     _, curves = plots.read_loss_curves(scores)
-    truth = plots._read_ground_truth(nb201_csv, "CIFAR100TestAccuracy200Epochs")
+    truth = read_ground_truth_column(nb201_csv, "CIFAR100TestAccuracy200Epochs")
     top = [c["arch"] for group, c, _ in plots.select_curves(curves, truth=truth, k=3) if group == "top"]
     assert top == [a for a, _ in sorted(table, key=lambda t: -t[1])[:3]]
     assert_png(plots.plot_loss_curvature(scores, tmp_path / "fig2.png", ground_truth_csv=nb201_csv,

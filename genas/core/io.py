@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "load_checkpoint",
-           "sha256_of", "CsvLog"]
+           "sha256_of", "write_rows_csv", "CsvLog"]
 
 
 def _umask() -> int:
@@ -82,6 +82,19 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def write_rows_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
+                   fieldnames: Sequence[str] | None = None) -> Path:
+    """Write dict rows as CSV atomically (columns: ``fieldnames`` or the first row's keys)."""
+    fields = list(fieldnames if fieldnames is not None else (rows[0].keys() if rows else []))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    return atomic_write(path, write)
+
+
 class CsvLog:
     """Append-only CSV log of a resumable run: on resume, rows logged after the restored ``step`` (work that
     is redone) are dropped first, so the log of a resumed run equals that of an uninterrupted one."""
@@ -92,13 +105,7 @@ class CsvLog:
         if resume_step > 0 and self.path.is_file():
             with open(self.path, newline="", encoding="utf-8") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        atomic_write(self.path, lambda tmp: self._write_rows(tmp, rows))
-
-    def _write_rows(self, path: str, rows: list[Mapping[str, Any]]) -> None:
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=self.fields)
-            writer.writeheader()
-            writer.writerows(rows)
+        write_rows_csv(self.path, rows, self.fields)
 
     def write(self, row: Mapping[str, Any]) -> None:
         with open(self.path, "a", newline="", encoding="utf-8") as f:
