@@ -3,18 +3,32 @@
 Three algorithms share one engine, because they differ only in how each generation's candidates are
 proposed: SPOS evolution (top-k parents, mutation over every gene, uniform crossover, random fill), random
 search (one generation of ``random_num`` uniform samples) and exhaustive scoring (one generation holding every
-unique architecture of an enumerable space, e.g. NAS-Bench-201's 6,466 isomorphism classes).
+architecture of an enumerable space: NAS-Bench-201's 15,625, or its 6,466 isomorphism classes with
+``dedupe="isomorphic"``).
 
 Shared by all three:
 
-* a memo keyed by :meth:`SearchSpace.key`, so an architecture (or any architecture computing the same
-  function) is scored once and never proposed again;
+* a memo keyed by the candidate's key (``search.dedupe``): ``exact`` (default, the reference: RLNAS and GeNAS
+  dedupe by the gene tuple) keys by the genes themselves, so every gene tuple is scored once; ``isomorphic``
+  keys by :meth:`SearchSpace.key` (NB201: the benchmark's isomorphism class), so one member of a class is
+  scored and the others inherit its score -- faster, but isomorphic NB201 cells use different supernet edges
+  and their supernet scores (and benchmark accuracies) differ. In the DARTS space both keys are the genes;
 * an optional constraint (e.g. max params / FLOPs) that every proposed candidate must satisfy;
 * top-k over everything scored so far, ties broken by the key so the ranking is deterministic;
 * a resumable JSON state written atomically after every generation (and every ``save_every`` new scores):
   generation index, the numpy ``Generator`` state, the memo, the pending generation and the history. All
   randomness comes from that one generator and the score function is deterministic per architecture, so a run
   killed at any point and resumed ends with exactly the result of an uninterrupted run.
+
+Distributed (``torchrun``, a ``torch.distributed`` process group initialised by the caller): every rank runs
+the same engine with the same generator, so every rank proposes the same candidates. The unscored candidates
+of a generation are split by :func:`genas.core.distributed.shard` (round robin over the candidate list: fixed,
+balanced by count), each rank scores its share with its own ``score_fn`` (on its own device), and the results
+are gathered with ``all_gather_object`` so every rank holds the same memo, inserted in candidate order as a
+single process would. Rank 0 alone writes the state file (after the gather) and shows the progress bar; a
+resumed run's state is read by rank 0 and broadcast. The state does not depend on the world size, so a run can
+be resumed with another number of processes; since a score depends only on the architecture, the result is the
+same for every world size. Each memo entry records the rank that scored it (``evaluations_per_rank``).
 """
 from __future__ import annotations
 
@@ -31,18 +45,21 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from genas.core.config import DEFAULTS
+from genas.core.distributed import (all_gather_objects, broadcast_object, get_rank, get_world_size, shard,
+                                    shard_owner)
 from genas.core.errors import UsageError
 from genas.core.io import atomic_write_json
 from genas.spaces.base import Arch, SearchSpace
 
 __all__ = [
     "ALGORITHMS", "SearchSettings", "SearchOutcome", "Search", "ScoreFn", "Constraint", "rank_value",
-    "expand_to_all", "StateError", "check_algorithm",
+    "expand_to_all", "StateError", "check_algorithm", "DEDUPE", "search_key",
 ]
 
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ("evolution", "random", "exhaustive")
+DEDUPE = ("exact", "isomorphic")
 STATE_VERSION = 1
 #: Proposal attempts allowed per wanted candidate before giving up (SPOS uses 10): a nearly exhausted space
 #: or a tight constraint makes a generation smaller instead of looping forever.
@@ -73,10 +90,13 @@ class SearchSettings:
     iterations: int = _SEARCH_DEFAULTS["iterations"]
     random_num: int = _SEARCH_DEFAULTS["random_num"]
     seed: int = _SEARCH_DEFAULTS["seed"]
+    dedupe: str = _SEARCH_DEFAULTS["dedupe"]
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"search.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.dedupe not in DEDUPE:
+            raise ValueError(f"search.dedupe must be one of {DEDUPE}, got {self.dedupe!r}")
         for name in ("population", "topk", "iterations", "random_num"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"search.{name} must be >= 1, got {getattr(self, name)!r}")
@@ -102,9 +122,19 @@ class SearchSettings:
 
 def check_algorithm(space: SearchSpace, settings: SearchSettings) -> None:
     """``ValueError`` unless ``settings.algorithm`` can run on ``space`` (exhaustive needs an enumerable space)."""
-    if settings.algorithm == "exhaustive" and not hasattr(space, "unique_archs"):
+    needed = "enumerate_archs" if settings.dedupe == "exact" else "unique_archs"
+    if settings.algorithm == "exhaustive" and not hasattr(space, needed):
         raise ValueError(f"search.algorithm=exhaustive needs a space that enumerates its architectures "
-                         f"(unique_archs()); {space.name!r} cannot: use evolution or random")
+                         f"({needed}()); {space.name!r} cannot: use evolution or random")
+
+
+def search_key(space: SearchSpace, arch: Arch, dedupe: str) -> str:
+    """The memo key of ``arch``: its genes (``exact``) or ``space.key`` (``isomorphic``, NB201's class)."""
+    if dedupe == "isomorphic":
+        return space.key(arch)
+    if dedupe != "exact":
+        raise ValueError(f"search.dedupe must be one of {DEDUPE}, got {dedupe!r}")
+    return ",".join(str(int(g)) for g in space.validate(arch))
 
 
 def rank_value(score: float) -> float:
@@ -132,11 +162,26 @@ class SearchOutcome:
     """What a finished (or resumed-and-finished) search found."""
 
     settings: SearchSettings
-    memo: dict[str, dict[str, Any]]  # key -> {"arch": [...], "result": {...scorer dict...}}
+    memo: dict[str, dict[str, Any]]  # key -> {"arch": [...], "result": {...scorer dict...}, "rank": int}
     topk: list[str]  # keys, best first
     history: list[dict[str, float]]  # one row per generation
     seconds: float  # search time over all sessions of a resumed run
     num_rejected: int = 0  # proposals turned down by the constraint (this session)
+    world_size: int = 1  # processes of this session
+
+    def key_of(self, space: SearchSpace, arch: Arch) -> str:
+        """The memo key of ``arch`` under this search's ``dedupe``."""
+        return search_key(space, arch, self.settings.dedupe)
+
+    @property
+    def evaluations_per_rank(self) -> list[int]:
+        """Candidates scored by each rank (over all sessions of a resumed run; sums to ``num_evaluations``);
+        as long as the larger of this session's world size and the highest rank recorded."""
+        ranks = [int(e.get("rank", 0)) for e in self.memo.values()]
+        counts = [0] * max(self.world_size, max(ranks, default=-1) + 1)
+        for r in ranks:
+            counts[r] += 1
+        return counts
 
     def arch(self, key: str) -> Arch:
         return tuple(self.memo[key]["arch"])
@@ -185,14 +230,18 @@ class Search:
         save_every: also save the state after this many new scores inside a generation (0: per generation).
         fingerprint: JSON-able description of what the scores depend on (metric, sigmas, checkpoint); a resume
             whose fingerprint differs is refused, so scores from two settings never mix.
-        progress: show a tqdm bar over scored candidates.
-        on_generation: called as ``on_generation(generation_index, outcome)`` after each saved generation.
+        progress: show a tqdm bar over scored candidates (rank 0 only).
+        on_generation: called as ``on_generation(generation_index, outcome)`` after each saved generation
+            (on every rank).
+        rank, world_size: this process's place in a distributed search; default: the initialised
+            ``torch.distributed`` group's (a single process without one).
     """
 
     def __init__(self, space: SearchSpace, score_fn: ScoreFn, settings: SearchSettings, *,
                  constraint: Constraint | None = None, state_path: str | Path | None = None, save_every: int = 0,
                  fingerprint: Mapping[str, Any] | None = None, progress: bool = True,
-                 on_generation: Callable[[int, SearchOutcome], None] | None = None):
+                 on_generation: Callable[[int, SearchOutcome], None] | None = None,
+                 rank: int | None = None, world_size: int | None = None):
         check_algorithm(space, settings)
         self.space = space
         self.score_fn = score_fn
@@ -203,6 +252,10 @@ class Search:
         self.fingerprint = _jsonable(dict(fingerprint or {}))
         self.progress = progress
         self.on_generation = on_generation
+        self.rank = get_rank() if rank is None else int(rank)
+        self.world_size = get_world_size() if world_size is None else int(world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is not in [0, {self.world_size})")
         self._allowed: dict[str, bool] = {}
         self.num_rejected = 0
 
@@ -217,6 +270,8 @@ class Search:
             state = json.loads(self.state_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise StateError(f"search state {self.state_path} is not valid JSON ({e}); delete it to start over") from None
+        if isinstance(state.get("settings"), dict):
+            state["settings"].setdefault("dedupe", "isomorphic")  # states written before search.dedupe existed
         header = self._header()
         different = [k for k in header if state.get(k) != header[k]]
         if different:
@@ -231,9 +286,34 @@ class Search:
         state["rng"] = rng.bit_generator.state
         return state
 
+    def _start_state(self, rng: np.random.Generator, resume: bool) -> dict[str, Any]:
+        """The state to run from (resumed or fresh), built on rank 0 and broadcast to every rank."""
+        state, error = None, None
+        if self.rank == 0:
+            try:
+                if resume and self.state_path is not None and self.state_path.is_file():
+                    state = self._load_state()
+                    log.info("resuming search from %s at generation %d/%d (%d scored)", self.state_path,
+                             state["generation"], self.settings.num_generations, len(state["memo"]))
+                else:
+                    state = self._fresh_state(rng)
+            except StateError as e:
+                if self.world_size == 1:
+                    raise
+                error = str(e)
+        if self.world_size > 1:
+            state, error = broadcast_object((state, error))
+        if error is not None:
+            raise StateError(error)
+        rng.bit_generator.state = state["rng"]
+        return state
+
+    def _key(self, arch: Arch) -> str:
+        return search_key(self.space, arch, self.settings.dedupe)
+
     def _save(self, state: dict[str, Any], t0: float, elapsed0: float) -> None:
         state["elapsed"] = elapsed0 + (time.perf_counter() - t0)
-        if self.state_path is not None:
+        if self.state_path is not None and self.rank == 0:
             atomic_write_json(self.state_path, state, indent=None)
 
     # ------------------------------------------------------------------------------------------ proposals
@@ -251,7 +331,7 @@ class Search:
         while added < wanted and tries < wanted * TRIES_PER_CANDIDATE:
             tries += 1
             arch = self.space.validate(propose())
-            key = self.space.key(arch)
+            key = self._key(arch)
             if key in taken or not self._allowed_by_constraint(arch, key):
                 continue
             taken.add(key)
@@ -268,9 +348,10 @@ class Search:
         s = self.settings
         out: list[Arch] = []
         if s.algorithm == "exhaustive":
-            for arch in self.space.unique_archs():
+            archs = self.space.enumerate_archs() if s.dedupe == "exact" else self.space.unique_archs()
+            for arch in archs:
                 arch = self.space.validate(arch)
-                if self._allowed_by_constraint(arch, self.space.key(arch)):
+                if self._allowed_by_constraint(arch, self._key(arch)):
                     out.append(arch)
             return out
         size = s.population if s.algorithm == "evolution" else s.random_num
@@ -301,45 +382,66 @@ class Search:
         memo = state["memo"]
         return SearchOutcome(settings=self.settings, memo=memo, topk=_ranked(memo)[: self.settings.topk],
                              history=list(state["history"]), seconds=float(state["elapsed"]),
-                             num_rejected=self.num_rejected)
+                             num_rejected=self.num_rejected, world_size=self.world_size)
+
+    def _score_chunk(self, chunk: list[tuple[str, Arch]], memo: dict[str, dict[str, Any]], bar: tqdm) -> None:
+        """Score this rank's share of ``chunk`` (:func:`shard`), gather every rank's results and add them all
+        to ``memo`` in ``chunk`` order, so every rank ends with the memo a single process would have."""
+        mine = shard(chunk, self.rank, self.world_size)
+        results: list[dict[str, Any]] = []
+        error = None
+        try:
+            for _, arch in mine:
+                result = _jsonable(dict(self.score_fn(arch)))
+                result["score"] = float(result["score"])
+                results.append(result)
+                bar.update(1)
+        except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            if self.world_size == 1:
+                raise
+            error = e
+        gathered = all_gather_objects((results, None if error is None else f"{type(error).__name__}: {error}"))
+        failed = [(r, msg) for r, (_, msg) in enumerate(gathered) if msg is not None]
+        if error is not None:
+            raise error
+        if failed:
+            r, msg = failed[0]
+            raise RuntimeError(f"rank {r} failed while scoring its candidates ({msg}); every rank stops")
+        for i, (key, arch) in enumerate(chunk):
+            owner, position = shard_owner(i, self.world_size)
+            memo[key] = {"arch": list(arch), "result": gathered[owner][0][position], "rank": owner}
+        bar.update(len(chunk) - len(mine))  # the other ranks' share (this rank's was counted as it went)
 
     def _expected_evaluations(self, state: Mapping[str, Any]) -> int:
         s = self.settings
         if s.algorithm == "evolution":
             return s.population * s.iterations
-        return len(state["memo"]) + sum(1 for a in state["population"] if self.space.key(a) not in state["memo"])
+        return len(state["memo"]) + sum(1 for a in state["population"] if self._key(a) not in state["memo"])
 
     def run(self, resume: bool = False) -> SearchOutcome:
         """Run to the end (or continue a saved run when ``resume`` and the state file exists)."""
         s = self.settings
         rng = np.random.default_rng(s.seed)
-        if resume and self.state_path is not None and self.state_path.is_file():
-            state = self._load_state()
-            rng.bit_generator.state = state["rng"]
-            log.info("resuming search from %s at generation %d/%d (%d scored)", self.state_path,
-                     state["generation"], s.num_generations, len(state["memo"]))
-        else:
-            state = self._fresh_state(rng)
+        state = self._start_state(rng, resume)
         t0, elapsed0 = time.perf_counter(), float(state["elapsed"])
         memo: dict[str, dict[str, Any]] = state["memo"]
         bar = tqdm(total=self._expected_evaluations(state), initial=len(memo), desc=f"{s.algorithm} search",
-                   unit="arch", disable=not self.progress, dynamic_ncols=True)
+                   unit="arch", disable=not (self.progress and self.rank == 0), dynamic_ncols=True)
         try:
             while state["generation"] < s.num_generations:
-                since_save = 0
+                # unscored candidates (a resumed run skips those scored before it was killed), in list order
+                pending, seen = [], set()
                 for arch in state["population"]:
-                    arch = tuple(arch)
-                    key = self.space.key(arch)
-                    if key in memo:
-                        continue  # scored before the run was killed and resumed
-                    result = _jsonable(dict(self.score_fn(arch)))
-                    result["score"] = float(result["score"])
-                    memo[key] = {"arch": list(arch), "result": result}
-                    bar.update(1)
-                    since_save += 1
-                    if self.save_every and since_save >= self.save_every:
+                    key = self._key(tuple(arch))
+                    if key not in memo and key not in seen:
+                        seen.add(key)
+                        pending.append((key, tuple(arch)))
+                # chunks of save_every scores per rank, gathered (and saved) after each; 0: the whole generation
+                chunk = self.save_every * self.world_size if self.save_every else max(len(pending), 1)
+                for start in range(0, len(pending), chunk):
+                    self._score_chunk(pending[start:start + chunk], memo, bar)
+                    if self.save_every:
                         self._save(state, t0, elapsed0)
-                        since_save = 0
                 topk = _ranked(memo)[: s.topk]
                 scores = [rank_value(memo[k]["result"]["score"]) for k in topk]
                 state["generation"] += 1
@@ -367,6 +469,7 @@ class Search:
 
 
 def expand_to_all(space: SearchSpace, outcome: SearchOutcome, archs: Iterable[Arch]) -> list[tuple[Arch, str]]:
-    """``(arch, key)`` for every arch of ``archs`` whose key was scored: the exhaustive search scores one
-    architecture per isomorphism class and this lists all members, each inheriting its class's score."""
-    return [(tuple(a), k) for a in archs if (k := space.key(tuple(a))) in outcome.memo]
+    """``(arch, key)`` for every arch of ``archs`` whose key was scored. With ``dedupe="isomorphic"`` the
+    exhaustive search scores one architecture per isomorphism class and this lists all members, each inheriting
+    its class's score; with ``exact`` each architecture is its own key."""
+    return [(tuple(a), k) for a in archs if (k := outcome.key_of(space, tuple(a))) in outcome.memo]

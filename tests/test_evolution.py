@@ -2,7 +2,8 @@
 
 The optimiser is what is tested, so the score is a fixed function of the architecture's canonical key (the
 number of 3x3 convs in its NB201 cell expression, etc.): its optimum is found here by brute force over the
-6,466 unique cells, independently of the search.
+6,466 unique cells, independently of the search. ``search.dedupe`` (exact gene tuples by default, NB201
+isomorphism classes as the speed option) is tested with scores that do and do not depend on the exact genes.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 from torch import nn
 
-from genas.evolution import Search, SearchSettings, expand_to_all
+from genas.core.config import load_config
+from genas.evolution import Search, SearchSettings, expand_to_all, search_key
 from genas.cost import CostConstraint, NetworkCost, count_macs, count_params
 from genas.spaces.darts import EDGES_PER_CELL, DartsSpace
 from genas.spaces.nb201 import NB201Space, build_network, enumerate_archs, unique_archs
@@ -31,15 +33,20 @@ def conv_count_score(arch) -> dict:
 class CountingScore:
     """A score function that records every call (to check the memo)."""
 
-    def __init__(self, space, fn=conv_count_score, fail_after: int | None = None):
-        self.space, self.fn, self.fail_after = space, fn, fail_after
+    def __init__(self, space, fn=conv_count_score, fail_after: int | None = None, dedupe: str = "exact"):
+        self.space, self.fn, self.fail_after, self.dedupe = space, fn, fail_after, dedupe
         self.keys: list[str] = []
 
     def __call__(self, arch):
         if self.fail_after is not None and len(self.keys) >= self.fail_after:
             raise KeyboardInterrupt("simulated kill")
-        self.keys.append(self.space.key(arch))
+        self.keys.append(search_key(self.space, arch, self.dedupe))
         return self.fn(arch)
+
+
+def gene_score(arch) -> dict:
+    """Depends on the exact genes (as a supernet score does: isomorphic cells use different edges)."""
+    return {"score": conv_count_score(arch)["score"] + 1e-3 * sum(i * g for i, g in enumerate(arch))}
 
 
 def test_evolution_finds_brute_force_optimum_where_random_search_does_not():
@@ -49,7 +56,7 @@ def test_evolution_finds_brute_force_optimum_where_random_search_does_not():
     assert optimum == pytest.approx(7.0) and len(best_keys) == 1  # all-3x3 cell: 7 convs in its expression
 
     outcome = Search(NB201, conv_count_score, SearchSettings(**SMALL), progress=False).run()
-    assert outcome.best_key == best_keys[0]
+    assert NB201.key(outcome.best_arch) == best_keys[0]
     assert outcome.best_score == pytest.approx(7.0)
     assert outcome.num_evaluations <= 20 * 10
     assert [h["iteration"] for h in outcome.history] == list(range(1, 11))
@@ -61,10 +68,17 @@ def test_evolution_finds_brute_force_optimum_where_random_search_does_not():
     assert rand.num_evaluations == 200 and rand.best_score < 6.0
 
 
-def test_memo_scores_each_isomorphism_class_once():
-    counter = CountingScore(NB201)
-    outcome = Search(NB201, counter, SearchSettings(**SMALL), progress=False).run()
+@pytest.mark.parametrize("dedupe", ["exact", "isomorphic"])
+def test_memo_scores_each_key_once(dedupe):
+    counter = CountingScore(NB201, dedupe=dedupe)
+    outcome = Search(NB201, counter, SearchSettings(**SMALL, dedupe=dedupe), progress=False).run()
     assert len(counter.keys) == len(set(counter.keys)) == outcome.num_evaluations
+    assert sorted(outcome.memo) == sorted(counter.keys)
+    classes = [NB201.key(outcome.arch(k)) for k in outcome.memo]
+    if dedupe == "isomorphic":  # one member per class
+        assert len(set(classes)) == len(classes)
+    else:  # gene tuples: two members of one class may both be scored
+        assert all(k == ",".join(map(str, outcome.arch(k))) for k in outcome.memo)
     assert outcome.history[-1]["evaluated"] == len(counter.keys)
     # top-k: the 5 best scored, ties broken by key
     expected = sorted(outcome.memo, key=lambda k: (-outcome.result(k)["score"], k))[:5]
@@ -175,9 +189,35 @@ def test_resume_refuses_a_state_of_another_search(tmp_path):
                progress=False).run(resume=True)
 
 
-def test_exhaustive_nb201_scores_6466_classes_and_expands_to_15625():
-    counter = CountingScore(NB201)
+def test_dedupe_default_is_exact_and_is_a_config_choice():
+    assert SearchSettings().dedupe == "exact" == load_config(None)["search"]["dedupe"]
+    assert load_config(None, ["search.dedupe=isomorphic"])["search"]["dedupe"] == "isomorphic"
+    with pytest.raises(ValueError, match="search.dedupe must be one of"):
+        load_config(None, ["search.dedupe=fuzzy"])
+    with pytest.raises(ValueError, match="search.dedupe must be one of"):
+        SearchSettings(dedupe="fuzzy")
+
+
+def test_exhaustive_nb201_scores_all_15625_by_default():
+    """The reference (RLNAS) scores every one of the 15,625 cells: isomorphic ones get their own scores."""
+    counter = CountingScore(NB201, fn=gene_score)
     outcome = Search(NB201, counter, SearchSettings(algorithm="exhaustive", topk=3), progress=False).run()
+    assert len(counter.keys) == len(set(counter.keys)) == outcome.num_evaluations == 15625
+    assert sorted(outcome.arch(k) for k in outcome.memo) == sorted(enumerate_archs())
+    for key, entry in outcome.memo.items():  # each arch's own score, nothing copied
+        assert entry["result"]["score"] == gene_score(tuple(entry["arch"]))["score"]
+    # two isomorphic cells (conv1x1(x0) reaches node 3 directly or through node 1) keep their own scores
+    a, b = (1, 0, 0, 2, 2, 2), (2, 0, 0, 2, 1, 2)
+    assert NB201.key(a) == NB201.key(b)
+    assert outcome.result(search_key(NB201, a, "exact")) != outcome.result(search_key(NB201, b, "exact"))
+    rows = expand_to_all(NB201, outcome, enumerate_archs())
+    assert len(rows) == 15625 and len({k for _, k in rows}) == 15625
+
+
+def test_exhaustive_nb201_isomorphic_scores_6466_classes_and_expands_to_15625():
+    counter = CountingScore(NB201, dedupe="isomorphic")
+    outcome = Search(NB201, counter, SearchSettings(algorithm="exhaustive", topk=3, dedupe="isomorphic"),
+                     progress=False).run()
     assert len(counter.keys) == len(set(counter.keys)) == 6466
     rows = expand_to_all(NB201, outcome, enumerate_archs())
     assert len(rows) == 15625

@@ -87,6 +87,9 @@ DEFAULTS: dict[str, Any] = {
         "max_params": None,
         "max_flops": None,
         "seed": 0,
+        # exact: every gene tuple is its own candidate (reference; exhaustive NB201 scores all 15,625)
+        # isomorphic: NB201 isomorphic cells share one score (6,466 classes; a speed option)
+        "dedupe": "exact",
     },
 }
 
@@ -103,6 +106,7 @@ CHOICES: dict[str, tuple] = {
     "score.direction": ("random", "hessian"),
     "score.amp": (None, "bf16", "fp16"),
     "search.algorithm": ("evolution", "random", "exhaustive"),
+    "search.dedupe": ("exact", "isomorphic"),
 }
 
 

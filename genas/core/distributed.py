@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -16,8 +16,10 @@ import torch.distributed as dist
 
 __all__ = ["DistInfo", "resolve_device", "init_distributed", "cleanup_distributed", "get_rank", "get_world_size",
            "is_main", "barrier", "all_reduce_sum", "seed_everything", "get_rng_states", "set_rng_states",
-           "AMP_DTYPES", "amp_dtype"]
+           "AMP_DTYPES", "amp_dtype", "shard", "shard_owner", "all_gather_objects", "broadcast_object"]
 
+
+T = TypeVar("T")
 
 #: ``amp`` setting -> autocast dtype (``None``: full precision); every stage's ``amp`` option reads this table.
 AMP_DTYPES: dict[str | None, torch.dtype | None] = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -96,6 +98,43 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def shard(items: Sequence[T], rank: int | None = None, world_size: int | None = None) -> list[T]:
+    """This rank's share of ``items``: every ``world_size``-th item from position ``rank`` (round robin).
+
+    A fixed assignment from the list alone (no timing, no work stealing), balanced by count (shares differ by
+    at most one item), and interleaved so that a list ordered by cost (e.g. an enumeration of a search space)
+    spreads its expensive items over all ranks. ``rank``/``world_size`` default to this process's."""
+    rank = get_rank() if rank is None else rank
+    world_size = get_world_size() if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    return list(items[rank::world_size])
+
+
+def shard_owner(index: int, world_size: int) -> tuple[int, int]:
+    """``(rank, position in that rank's share)`` of ``items[index]`` under :func:`shard`."""
+    return index % world_size, index // world_size
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``torch.distributed.all_gather_object``: any
+    picklable object); ``[obj]`` in a single process. A collective: every rank must call it."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (other ranks' argument is ignored); ``obj`` in a single process."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj if dist.get_rank() == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def seed_everything(seed: int, per_rank: bool = False) -> int:
