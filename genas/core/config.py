@@ -227,18 +227,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     The ``supernet`` section takes the defaults of the chosen ``space`` (:data:`SUPERNET_DEFAULTS`).
     Raises :class:`ConfigError` naming the file/override and key for unknown keys, wrong types and bad values.
     """
-    user: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = _yaml_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
-        user = loaded or {}
+    user: dict[str, Any] = load_yaml_file(path) if path is not None else {}
     parsed = [(text, *parse_override(text)) for text in overrides]
     space = next((v for _, k, v in reversed(parsed) if k == ["space"]), user.get("space", DEFAULTS["space"]))
     cfg = merge_config(_defaults_for(space), user, source=str(path) if path else "config")
