@@ -243,6 +243,33 @@ def _train(cfg: Mapping[str, Any], run_dir: Path, resume: bool, info: DistInfo, 
     return final
 
 
+def sampled_path_accuracy(supernet: Supernet, train_data: Any, val_data: Any, device: str | torch.device = "cpu",
+                          num_paths: int = 10, seed: int = 0, recalib_batches: int = 2,
+                          batch_size: int = 256) -> dict[str, Any]:
+    """How well a supernet is trained: validation top-1 of ``num_paths`` architectures drawn uniformly with
+    ``seed``, each after exact BN recalibration on ``recalib_batches`` training batches (as the scorer does),
+    on the whole validation split. Returns mean, median, min, max (fractions), num_paths and num_images; the
+    supernet is left unchanged."""
+    from genas.scoring.perturbation import fixed_batches, recalibrated_bn, top1_accuracy
+
+    supernet = supernet.to(device).eval()
+    recal = fixed_batches(train_data, recalib_batches, batch_size, seed, device)
+    val = fixed_batches(val_data, None, batch_size, seed + 1, device)
+    rng = np.random.default_rng(seed)
+    accuracies = []
+    for _ in range(num_paths):
+        arch = supernet.space.sample(rng)
+
+        def forward(x: torch.Tensor, arch: Any = arch) -> torch.Tensor:
+            return supernet(x, arch)
+
+        with recalibrated_bn(supernet, forward, recal):
+            accuracies.append(top1_accuracy(forward, val))
+    return {"mean": float(np.mean(accuracies)), "median": float(np.median(accuracies)),
+            "min": float(min(accuracies)), "max": float(max(accuracies)), "num_paths": num_paths,
+            "num_images": sum(len(y) for _, y in val)}
+
+
 def _summary_writer(path: Path, step: int):
     from torch.utils.tensorboard import SummaryWriter  # imported lazily: tensorboard is slow to import
 
