@@ -4,22 +4,28 @@
 
 Reads every ``genas-result/1`` JSON written by ``genas/search.py``, ``robustness/eval.py``,
 ``detection/train_net.py``, ``segmentation/test.py`` and the ImageNet trainer, groups them by ``model`` and
-writes ``report.md``, ``report.csv`` and ``report.png`` (one bar panel per metric) into ``--out``.
+writes ``report.md``, ``report.csv`` and ``report.png`` (one bar panel per metric, grouped: clean ImageNet,
+distribution shift, downstream transfer) into ``--out``.
 
 Rows are models; columns are the search metric, params (M), MACs (G) at 224x224 and:
 
-===================  ===================================================================================
-column               result
-===================  ===================================================================================
-imagenet_top1        kind ``robustness`` with ``meta.set == "imagenet"`` (top1); else kind ``imagenet`` (top1)
-imagenet_v2_top1     kind ``robustness``, set ``imagenet-v2`` (top1)
-imagenet_a_top1      kind ``robustness``, set ``imagenet-a`` (top1)
-imagenet_o_aupr      kind ``robustness``, set ``imagenet-o`` (aupr)
-coco_ap              kind ``detection`` (AP)
-cityscapes_miou      kind ``segmentation`` (mIoU)
-===================  ===================================================================================
+======================  ================================================================================
+column                  result
+======================  ================================================================================
+imagenet_top1           kind ``robustness`` with ``meta.set == "imagenet"`` (top1); else kind ``imagenet`` (top1)
+imagenet_ece            kind ``robustness``, set ``imagenet`` (ece; lower is better)
+imagenet_real_top1      kind ``robustness``, set ``imagenet-real`` (real_top1)
+imagenet_v2_top1        kind ``robustness``, set ``imagenet-v2`` (top1)
+imagenet_a_top1         kind ``robustness``, set ``imagenet-a`` (top1)
+imagenet_r_top1         kind ``robustness``, set ``imagenet-r`` (top1)
+imagenet_sketch_top1    kind ``robustness``, set ``imagenet-sketch`` (top1)
+imagenet_c_mce          kind ``robustness``, set ``imagenet-c`` (mce; lower is better)
+imagenet_o_aupr         kind ``robustness``, set ``imagenet-o`` (aupr)
+coco_ap                 kind ``detection`` (AP)
+cityscapes_miou         kind ``segmentation`` (mIoU)
+======================  ================================================================================
 
-A missing measurement is shown as "—". Two results for one cell are an error naming both files (a report
+Lower-is-better columns are marked "↓" in report.md and the figure. A missing measurement is shown as "—". Two results for one cell are an error naming both files (a report
 never silently picks or averages runs). Params/MACs come from a result's ``meta`` (``params_m``, ``macs_g``)
 when written there, else, for a timm model (``backbones`` registers the suite's), from building the model:
 params always (cheap), MACs with fvcore only with ``--compute-macs`` (slow). A model that only has a search
@@ -48,12 +54,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from genas.core.errors import UsageError, usage_errors
 from genas.core.io import atomic_write_text
-from genas.plots import architecture_key
 from genas.core.results import read_result
+from genas.plots import architecture_key
 from report.plots import plot_metric_bars
 
-__all__ = ["Column", "COLUMNS", "Row", "find_result_files", "load_results", "build_rows", "load_published",
+__all__ = ["ReportError", "Column", "COLUMNS", "GROUPS", "Row", "find_result_files", "load_results", "build_rows", "load_published",
            "render_csv", "render_markdown", "write_report", "main"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,26 +74,47 @@ PUBLISHED = "published"
 _NETWORK_KINDS = ("robustness", "imagenet")
 
 
+class ReportError(UsageError):
+    """Result folders or a published-numbers file the report cannot use; the message names the file."""
+
+
+CLEAN, SHIFT, TRANSFER = "ImageNet (clean)", "Distribution shift", "Downstream transfer"
+
+
 @dataclass(frozen=True)
 class Column:
     """One metric column: where its value comes from (result kind, robustness set, metric name)."""
 
     key: str
-    title: str
+    name: str
     kind: str
     metric: str
     set: str | None = None
     fallback_kind: str | None = None  # read when no result of ``kind`` exists for the model
+    lower_is_better: bool = False
+    group: str = SHIFT
+
+    @property
+    def title(self) -> str:
+        return self.name + (" ↓" if self.lower_is_better else "")
 
 
 COLUMNS: tuple[Column, ...] = (
-    Column("imagenet_top1", "ImageNet top-1", "robustness", "top1", "imagenet", fallback_kind="imagenet"),
+    Column("imagenet_top1", "ImageNet top-1", "robustness", "top1", "imagenet", fallback_kind="imagenet",
+           group=CLEAN),
+    Column("imagenet_ece", "ImageNet ECE", "robustness", "ece", "imagenet", lower_is_better=True, group=CLEAN),
+    Column("imagenet_real_top1", "ImageNet ReaL top-1", "robustness", "real_top1", "imagenet-real", group=CLEAN),
     Column("imagenet_v2_top1", "ImageNet-V2 top-1", "robustness", "top1", "imagenet-v2"),
     Column("imagenet_a_top1", "ImageNet-A top-1", "robustness", "top1", "imagenet-a"),
+    Column("imagenet_r_top1", "ImageNet-R top-1", "robustness", "top1", "imagenet-r"),
+    Column("imagenet_sketch_top1", "ImageNet-Sketch top-1", "robustness", "top1", "imagenet-sketch"),
+    Column("imagenet_c_mce", "ImageNet-C mCE", "robustness", "mce", "imagenet-c", lower_is_better=True),
     Column("imagenet_o_aupr", "ImageNet-O AUPR", "robustness", "aupr", "imagenet-o"),
-    Column("coco_ap", "COCO AP", "detection", "AP"),
-    Column("cityscapes_miou", "Cityscapes mIoU", "segmentation", "mIoU"),
+    Column("coco_ap", "COCO AP", "detection", "AP", group=TRANSFER),
+    Column("cityscapes_miou", "Cityscapes mIoU", "segmentation", "mIoU", group=TRANSFER),
 )
+#: the figure's panel groups, in order: metric title -> group
+GROUPS: dict[str, str] = {c.title: c.group for c in COLUMNS}
 CSV_FIELDS = ("model", "source", "search_metric", "params_m", "macs_g", *(c.key for c in COLUMNS))
 
 
@@ -112,7 +140,7 @@ def find_result_files(dirs: Sequence[str | Path]) -> list[Path]:
     for d in dirs:
         d = Path(d)
         if not d.is_dir():
-            raise ValueError(f"--results {d}: not a folder")
+            raise ReportError(f"--results {d}: not a folder")
         found += [p for p in sorted(d.rglob("*.json")) if p.is_file() and SCHEMA_TAG in p.read_bytes()]
     return list(dict.fromkeys(p.resolve() for p in found))
 
@@ -121,7 +149,7 @@ def load_results(dirs: Sequence[str | Path]) -> list[tuple[Path, dict]]:
     """``(path, result)`` of every result file under ``dirs``; :class:`ResultFileError` names a bad file."""
     files = find_result_files(dirs)
     if not files:
-        raise ValueError(f"no result files (JSON with \"schema\": \"genas-result/1\") under "
+        raise ReportError(f"no result files (JSON with \"schema\": \"genas-result/1\") under "
                          f"{', '.join(map(str, dirs))}; point --results at the output folders of the search, "
                          f"robustness, detection or segmentation runs")
     return [(p, read_result(p)) for p in files]
@@ -176,7 +204,7 @@ def _cell(model: str, column: Column, results: Sequence[tuple[Path, dict]]) -> f
                    and (column.set is None or kind != "robustness" or r["meta"].get("set") == column.set)]
         if len(matches) > 1:
             files = " and ".join(str(p) for p, _ in matches)
-            raise ValueError(f"model {model!r} has {len(matches)} results for {column.title}: {files}; keep one "
+            raise ReportError(f"model {model!r} has {len(matches)} results for {column.title}: {files}; keep one "
                              f"(move the other runs out of the --results folders)")
         if matches:
             return matches[0][1]["metrics"].get(column.metric)
@@ -231,22 +259,22 @@ def load_published(path: str | Path = PUBLISHED_FILE) -> tuple[str, list[Row]]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"published results file not found: {path}") from None
+        raise ReportError(f"published results file not found: {path}") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from None
+        raise ReportError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
-        raise ValueError(f"{path}: expected a mapping with 'paper' and a 'models' list")
+        raise ReportError(f"{path}: expected a mapping with 'paper' and a 'models' list")
     known = {"name", "genotype", "search_metric", "search_dataset", "params_m", "macs_g", *(c.key for c in COLUMNS)}
     rows = []
     for i, entry in enumerate(data["models"]):
         unknown = sorted(set(entry) - known) if isinstance(entry, dict) else None
         if unknown is None or unknown or "name" not in entry:
-            raise ValueError(f"{path}: models[{i}] must be a mapping with 'name' and keys among {sorted(known)}"
+            raise ReportError(f"{path}: models[{i}] must be a mapping with 'name' and keys among {sorted(known)}"
                              + (f"; unknown: {unknown}" if unknown else ""))
         numbers = {k: entry.get(k) for k in ("params_m", "macs_g", *(c.key for c in COLUMNS))}
         bad = [k for k, v in numbers.items() if v is not None and not isinstance(v, (int, float))]
         if bad:
-            raise ValueError(f"{path}: models[{i}] ({entry['name']}): {bad} must be numbers")
+            raise ReportError(f"{path}: models[{i}] ({entry['name']}): {bad} must be numbers")
         rows.append(Row(str(entry["name"]), source=PUBLISHED, search_metric=entry.get("search_metric"),
                         params_m=numbers["params_m"], macs_g=numbers["macs_g"],
                         values={c.key: numbers[c.key] for c in COLUMNS}, files=[str(path)]))
@@ -293,12 +321,12 @@ def render_markdown(measured: Sequence[Row], published: Sequence[Row], dirs: Seq
     n_files = len({f for row in measured for f in row.files})
     lines = ["# Generalisation report", "",
              f"Measured: {n_files} result file(s) under {', '.join(f'`{d}`' for d in dirs)}. Metrics in percent; "
-             f"{MISSING} = not measured. Params/MACs: the evaluated network at 224x224 (a search-only row: the "
+             f"{MISSING} = not measured; ↓ = lower is better (ECE, mCE). Params/MACs: the evaluated network at 224x224 (a search-only row: the "
              f"searched network's own size).", "", "## Measured", "", *_md_table(measured), ""]
     if published:
         lines += ["## Published (reference numbers from the paper, not measured here)", "",
                   f"{paper}: Table 4 (ImageNet-V2, ImageNet-A, COCO AP, Cityscapes mIoU) and Table 3 (ImageNet "
-                  f"top-1); the paper's FLOPs are MACs. Source: `{published[0].files[0]}`.", "",
+                  f"top-1); the paper's FLOPs are MACs; it reports none of the other columns. Source: `{published[0].files[0]}`.", "",
                   *_md_table(published), ""]
     lines += ["## Result files", ""]
     lines += [f"- {row.model}: " + ", ".join(f"`{f}`" for f in row.files) for row in measured]
@@ -320,12 +348,13 @@ def write_report(dirs: Sequence[str | Path], out: str | Path, published: bool = 
     md_text = render_markdown(measured, reference, dirs, paper)
     out = Path(out)
     written = {"png": plot_metric_bars(_chart_table(measured, reference), out / "report.png",
-                                       hatched=[f"{row.model} (published)" for row in reference])}
+                                       hatched=[f"{row.model} (published)" for row in reference], groups=GROUPS)}
     written["csv"] = atomic_write_text(out / "report.csv", csv_text)
     written["md"] = atomic_write_text(out / "report.md", md_text)
     return written
 
 
+@usage_errors
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m report", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", nargs="+", required=True, type=Path, help="folders searched recursively for results")
@@ -335,11 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--compute-macs", action="store_true",
                    help="count MACs at 224x224 with fvcore for timm models without macs_g in their results (slow)")
     args = p.parse_args(argv)
-    try:
-        written = write_report(args.results, args.out, args.published, args.compute_macs, args.published_file)
-    except ValueError as e:  # ResultFileError included: the message names the file
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    written = write_report(args.results, args.out, args.published, args.compute_macs, args.published_file)
     print("wrote " + ", ".join(str(path) for path in written.values()))
     return 0
 

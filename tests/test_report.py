@@ -22,8 +22,10 @@ from report.plots import plot_metric_bars
 from conftest import assert_png
 
 NB201_ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
-HEADER = ["model", "source", "search_metric", "params_m", "macs_g", "imagenet_top1", "imagenet_v2_top1",
-          "imagenet_a_top1", "imagenet_o_aupr", "coco_ap", "cityscapes_miou"]
+HEADER = ["model", "source", "search_metric", "params_m", "macs_g", "imagenet_top1", "imagenet_ece",
+          "imagenet_real_top1", "imagenet_v2_top1", "imagenet_a_top1", "imagenet_r_top1", "imagenet_sketch_top1",
+          "imagenet_c_mce", "imagenet_o_aupr", "coco_ap", "cityscapes_miou"]
+
 
 
 @pytest.fixture
@@ -31,8 +33,13 @@ def results(tmp_path: Path) -> Path:
     """Three models across every kind, plus files a real run folder holds that are not results."""
     root = tmp_path / "results"
     genas = "genas_flatness_cifar100"  # a published genotype name: the search result links to it by genotype
-    write_result(root / "robustness" / "in.json", "robustness", genas, {"top1": 76.054, "top5": 92.6},
-                 set="imagenet", params_m=5.2, macs_g=0.58)
+    write_result(root / "robustness" / "in.json", "robustness", genas, {"top1": 76.054, "top5": 92.6, "ece": 3.125,
+                 "nll": 0.95}, set="imagenet", params_m=5.2, macs_g=0.58)
+    write_result(root / "robustness" / "real.json", "robustness", genas, {"real_top1": 83.2, "top1": 76.0},
+                 set="imagenet-real")
+    write_result(root / "robustness" / "r.json", "robustness", genas, {"top1": 38.5, "top5": 55.0}, set="imagenet-r")
+    write_result(root / "robustness" / "c.json", "robustness", genas, {"mce": 68.125, "error/fog/1": 30.0},
+                 set="imagenet-c")
     write_result(root / "robustness" / "v2.json", "robustness", genas, {"top1": 63.38, "top5": 84.0}, set="imagenet-v2")
     write_result(root / "robustness" / "a.json", "robustness", genas, {"top1": 5.65, "top5": 20.0}, set="imagenet-a")
     write_result(root / "robustness" / "o.json", "robustness", genas, {"aupr": 17.25, "auroc": 60.0, "fpr95": 90.0},
@@ -63,16 +70,18 @@ def test_report_rows_columns_and_values(results, tmp_path):
     assert rows[0] == HEADER
     assert rows[1:] == [
         # params/MACs from the robustness meta (not the detector's 33 M); search metric via the genotype
-        ["genas_flatness_cifar100", "measured", "flatness", "5.2", "0.58", "76.054", "63.38", "5.65", "17.25",
-         "37.05", "72.58"],
+        ["genas_flatness_cifar100", "measured", "flatness", "5.2", "0.58", "76.054", "3.125", "83.2", "63.38", "5.65",
+         "38.5", "—", "68.125", "17.25", "37.05", "72.58"],
         # params by building the timm model (MACs only with --compute-macs); top-1 from the 'imagenet' kind
-        ["resnet18", "measured", "—", "11.6895", "—", "69.758", "—", "1.1", "—", "—", "—"],
+        ["resnet18", "measured", "—", "11.6895", "—", "69.758", "—", "—", "—", "1.1", "—", "—", "—", "—", "—", "—"],
         # a search with no evaluation: its own row, the searched network's size
-        [NB201_ARCH, "measured", "angle", "1.0733", "—", "—", "—", "—", "—", "—", "—"],
+        [NB201_ARCH, "measured", "angle", "1.0733", "—", *["—"] * 11],
     ]
     md = (out / "report.md").read_text(encoding="utf-8")
-    assert "| genas_flatness_cifar100 | flatness | 5.20 | 0.58 | 76.05 | 63.38 | 5.65 | 17.25 | 37.05 | 72.58 |" in md
-    assert "| resnet18 | — | 11.69 | — | 69.76 | — | 1.10 | — | — | — |" in md
+    assert ("| genas_flatness_cifar100 | flatness | 5.20 | 0.58 | 76.05 | 3.12 | 83.20 | 63.38 | 5.65 | 38.50 | — | "
+            "68.12 | 17.25 | 37.05 | 72.58 |") in md
+    assert "| resnet18 | — | 11.69 | — | 69.76 | — | — | — | 1.10 | — | — | — | — | — | — |" in md
+    assert "| ImageNet ECE ↓ |" in md and "| ImageNet-C mCE ↓ |" in md and "↓ = lower is better" in md
     assert "Published" not in md
     png = out / "report.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -97,10 +106,10 @@ def test_published_rows_are_labelled_and_apart(results, tmp_path):
     assert len(measured) == 3 and len(published) == 7 and len(rows) == 11
     assert rows[1:4] == measured  # measured first, never interleaved
     # GeNAS flatness, paper Table 4 (V2, A, COCO, Cityscapes) and Table 3 (top-1 76.1, 5.2 M, 0.58 G)
-    assert ["GeNAS (Flatness)", "published", "Flatness", "5.2", "0.58", "76.1", "63.38", "5.65", "—", "37.05",
-            "72.58"] in published
-    assert ["PC-DARTS", "published", "Val. loss", "5.3", "0.59", "74.8", "62.53", "3.85", "—", "35.56",
-            "70.68"] in published
+    assert ["GeNAS (Flatness)", "published", "Flatness", "5.2", "0.58", "76.1", "—", "—", "63.38", "5.65", "—", "—",
+            "—", "—", "37.05", "72.58"] in published
+    assert ["PC-DARTS", "published", "Val. loss", "5.3", "0.59", "74.8", "—", "—", "62.53", "3.85", "—", "—", "—",
+            "—", "35.56", "70.68"] in published
     md = (out / "report.md").read_text(encoding="utf-8")
     measured_part, published_part = md.split("## Published")
     assert "GeNAS (Flatness)" not in measured_part
@@ -127,7 +136,7 @@ def test_malformed_result_names_the_file_and_writes_nothing(results, tmp_path, c
 def test_two_results_for_one_cell_is_an_error(results, tmp_path):
     again = write_result(results / "rerun" / "v2.json", "robustness", "genas_flatness_cifar100", {"top1": 63.0},
                          set="imagenet-v2")
-    with pytest.raises(ValueError, match="2 results for ImageNet-V2 top-1") as err:
+    with pytest.raises(report.ReportError, match="2 results for ImageNet-V2 top-1") as err:
         report.write_report([results], tmp_path / "report")
     assert str(again.resolve()) in str(err.value)
     assert str((results / "robustness" / "v2.json").resolve()) in str(err.value)
@@ -159,3 +168,15 @@ def test_metric_bars(tmp_path):
              "d": {"ImageNet top-1": None, "COCO AP": None}}
     assert_png(plot_metric_bars(table, tmp_path / "bars.png", hatched=["c (published)"]))
     assert_png(plot_metric_bars({"x": {"COCO AP": None}}, tmp_path / "empty.png"))
+
+
+def test_metric_bars_group_the_shift_sets(tmp_path):
+    assert [report.GROUPS[c.title] for c in report.COLUMNS] == [report.CLEAN] * 3 + [report.SHIFT] * 6 + \
+        [report.TRANSFER] * 2
+    assert [c.title for c in report.COLUMNS if c.lower_is_better] == ["ImageNet ECE ↓", "ImageNet-C mCE ↓"]
+    row = {c.title: 10.0 + i for i, c in enumerate(report.COLUMNS)}
+    table = {"a": row, "b": {k: v + 1 for k, v in row.items()}}
+    grouped = assert_png(plot_metric_bars(table, tmp_path / "grouped.png", groups=report.GROUPS))
+    flat = assert_png(plot_metric_bars(table, tmp_path / "flat.png"))
+    # three bands (3 clean, 6 shift = 2 rows of 4, 2 transfer) are 4 panel rows; ungrouped, 11 panels are 3 rows
+    assert grouped.shape[0] > flat.shape[0] * 1.2
