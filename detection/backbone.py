@@ -5,13 +5,19 @@ The bottom-up :class:`TimmFeatureBackbone` names each timm feature level ``res<l
 builder ``build_retinanet_genas_fpn_backbone`` puts Detectron2's FPN with ``LastLevelP6P7`` on top exactly like
 ``build_retinanet_resnet_fpn_backbone``: P3-P5 from the lateral convs, P6 from the last input level (C5), P7
 from P6. Only the backbone changes, which is the paper's protocol (Table 4).
+
+Only the levels ``MODEL.GENAS.OUT_FEATURES`` asks for are built (timm ``out_indices``; the layers after the last
+one are pruned), so every trainable parameter gets a gradient, which Detectron2's DDP
+(``find_unused_parameters=False``) requires. ``MODEL.BACKBONE.FREEZE_AT`` has ResNet's meaning (0 = nothing frozen,
+1 = the stem, k = the stem and the first k-1 stages; :mod:`backbones.freeze`); the frozen part's BatchNorm layers
+become ``FrozenBatchNorm2d`` as in Detectron2's ResNet.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import timm
 import torch
@@ -22,18 +28,21 @@ from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
 
-import backbones  # noqa: F401  (registers the GeNAS / DARTS timm models)
+from backbones.freeze import FrozenPart, freeze_to_level, level_of_freeze_at, level_strides
+from backbones.names import check_model_name
+from genas.core.errors import UsageError
 
-__all__ = ["NORMS", "BackboneConfigError", "TimmFeatureBackbone", "check_backbone_config", "create_feature_model", "level_name",
-           "build_genas_backbone", "build_retinanet_genas_fpn_backbone"]
+__all__ = ["NORMS", "BackboneConfigError", "TimmFeatureBackbone", "check_backbone_config", "check_removed_keys",
+           "feature_level_names", "create_feature_model", "level_name", "build_genas_backbone",
+           "build_retinanet_genas_fpn_backbone"]
 
 logger = logging.getLogger(__name__)
 
 NORMS = ("BN", "FrozenBN", "SyncBN")
 
 
-class BackboneConfigError(ValueError):
-    """A ``MODEL.GENAS`` setting that cannot build a backbone; the message names the key and the fix."""
+class BackboneConfigError(UsageError):
+    """A backbone setting that cannot build a backbone; the message names the key and the fix."""
 
 
 def level_name(stride: int) -> str:
@@ -42,28 +51,43 @@ def level_name(stride: int) -> str:
 
 
 def check_backbone_config(name: str, weights: str = "") -> None:
-    """Fail with one clear message when ``name`` is no timm model or the ImageNet ``weights`` file is missing."""
-    if not timm.is_model(name):
-        genas = ", ".join(sorted(timm.list_models(module="darts_net")))
-        raise BackboneConfigError(f"MODEL.GENAS.NAME={name!r} is not a timm model. Registered GeNAS / DARTS models: "
-                                  f"{genas}; any other timm model with features_only support works too "
-                                  f"(see timm.list_models()).")
+    """Fail with one clear message when ``name`` is no timm model (:class:`backbones.names.ModelNameError`) or the
+    ImageNet ``weights`` file is missing."""
+    check_model_name(name, "MODEL.GENAS.NAME")
     if weights and not os.path.isfile(weights):
         raise BackboneConfigError(f"MODEL.GENAS.WEIGHTS={weights!r}: ImageNet weights file not found; give the "
                                   f"path of the model's ImageNet checkpoint, or \"\" for random init.")
 
 
+def feature_level_names(name: str, in_chans: int = 3, model_kwargs: Optional[Mapping[str, Any]] = None) -> List[str]:
+    """The ``res<k>`` names of every feature level of timm model ``name`` (read from a model built on the meta
+    device: no memory, no weights)."""
+    with torch.device("meta"):
+        probe = timm.create_model(name, features_only=True, in_chans=in_chans, **dict(model_kwargs or {}))
+    return [level_name(s) for s in level_strides(probe)]
+
+
 def create_feature_model(name: str, weights: str = "", in_chans: int = 3,
-                         model_kwargs: Optional[Mapping[str, Any]] = None) -> nn.Module:
+                         model_kwargs: Optional[Mapping[str, Any]] = None,
+                         out_features: Optional[Sequence[str]] = None) -> nn.Module:
     """The timm model ``name`` as a multi-level feature extractor, with its ImageNet weights from ``weights``.
 
     The weights go through timm's pretrained loading, so the model's ``pretrained_filter_fn`` maps reference /
-    DDP keys and the classifier is dropped; all the model's default feature levels are built.
+    DDP keys and the classifier is dropped. ``out_features`` (``res<k>`` names) selects the levels returned;
+    the layers after the last one are not built. ``None``: all the model's levels.
     """
     check_backbone_config(name, weights)
+    kwargs = dict(model_kwargs or {})
+    if out_features is not None:
+        names = feature_level_names(name, in_chans, kwargs)
+        unknown = [f for f in out_features if f not in names]
+        if unknown or not out_features:
+            raise BackboneConfigError(f"MODEL.GENAS.OUT_FEATURES={list(out_features)}: {unknown or 'empty'} not "
+                                      f"among {name}'s levels {names}")
+        kwargs["out_indices"] = tuple(sorted({names.index(f) for f in out_features}))
     overlay = dict(file=os.path.abspath(weights)) if weights else None
     return timm.create_model(name, pretrained=bool(weights), pretrained_cfg_overlay=overlay, features_only=True,
-                             in_chans=in_chans, **dict(model_kwargs or {}))
+                             in_chans=in_chans, **kwargs)
 
 
 class TimmFeatureBackbone(Backbone):
@@ -71,15 +95,18 @@ class TimmFeatureBackbone(Backbone):
 
     Args:
         model: a timm ``features_only`` model (``feature_info`` gives each level's channels and stride).
-        out_features: level names returned by ``forward`` (``res3``... see :func:`level_name`).
-        freeze_at: the number of levels, from stride 4 up, frozen with everything that computes them.
-        norm: ``BN`` | ``FrozenBN`` | ``SyncBN``: what the BatchNorm layers of the trainable part become;
-            those of the frozen part always become ``FrozenBatchNorm2d``, as in Detectron2's ResNet.
+        out_features: level names returned by ``forward`` (``res3``... see :func:`level_name`), among the levels
+            the model returns.
+        freeze_at: Detectron2's ``MODEL.BACKBONE.FREEZE_AT`` with ResNet's meaning: 0 = nothing frozen, 1 = the
+            stem, k = the stem and the first k-1 stages (everything that computes ``res<k>``; see
+            :func:`backbones.freeze.level_of_freeze_at`). Frozen BatchNorm layers become ``FrozenBatchNorm2d``.
+        norm: ``BN`` | ``FrozenBN`` | ``SyncBN``: what the BatchNorm layers of the trainable part become.
         in_chans: channels of the input images (for the freeze probe).
+        channels_last: run the backbone in channels_last memory format (faster convolutions on GPU).
     """
 
     def __init__(self, model: nn.Module, out_features: Sequence[str], freeze_at: int = 0, norm: str = "FrozenBN",
-                 in_chans: int = 3):
+                 in_chans: int = 3, channels_last: bool = False):
         super().__init__()
         if norm not in NORMS:
             raise BackboneConfigError(f"MODEL.GENAS.NORM={norm!r}: expected one of {NORMS}")
@@ -94,57 +121,53 @@ class TimmFeatureBackbone(Backbone):
         self._out_feature_strides = dict(zip(self._level_names, strides))
         self._out_feature_channels = dict(zip(self._level_names, model.feature_info.channels()))
         self._in_chans = in_chans
-        frozen = self.freeze(freeze_at)
+        self.frozen = self.freeze(freeze_at)
         if norm == "FrozenBN":
             self.body = FrozenBatchNorm2d.convert_frozen_batchnorm(self.body)
         elif norm == "SyncBN":
             self.body = nn.SyncBatchNorm.convert_sync_batchnorm(self.body)
-        logger.info("timm backbone: levels %s, out %s, %d frozen parameter tensors, norm %s",
-                    dict(zip(self._level_names, strides)), self._out_features, len(frozen), norm)
+        self.channels_last = channels_last
+        if channels_last:
+            self.body.to(memory_format=torch.channels_last)
+        logger.info("timm backbone: levels %s, out %s, %d frozen parameter tensors (FREEZE_AT %d), norm %s",
+                    self._out_feature_strides, self._out_features, len(self.frozen.parameters), freeze_at, norm)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         features = dict(zip(self._level_names, self.body(x)))
         return {name: features[name] for name in self._out_features}
 
-    def freeze(self, freeze_at: int) -> Set[str]:
-        """Freeze every parameter the stride-``2**(freeze_at+1)`` level depends on; return their names.
+    def freeze(self, freeze_at: int) -> FrozenPart:
+        """Freeze what ``MODEL.BACKBONE.FREEZE_AT = freeze_at`` names (:mod:`backbones.freeze`); its BatchNorm
+        layers become ``FrozenBatchNorm2d``. Returns the frozen part."""
+        level = level_of_freeze_at(freeze_at, level_strides(self.body), built=max(self.body.feature_info.out_indices))
+        part = freeze_to_level(self.body, level, self._in_chans, setting=f"MODEL.BACKBONE.FREEZE_AT={freeze_at}")
+        for name in part.norms:
+            parent, _, child = name.rpartition(".")
+            owner = self.body.get_submodule(parent) if parent else self.body
+            setattr(owner, child, FrozenBatchNorm2d.convert_frozen_batchnorm(getattr(owner, child)))
+        return part
 
-        The dependency is read from the autograd graph of one small forward pass (in eval mode, so no
-        statistics change), which holds for any timm model whatever its module layout. BatchNorm layers
-        whose affine parameters get frozen are replaced by ``FrozenBatchNorm2d``.
-        """
-        if freeze_at <= 0:
-            return set()
-        stride = 2 ** (freeze_at + 1)
-        names = [n for n, s in self._out_feature_strides.items() if s == stride]
-        if not names:
-            raise BackboneConfigError(f"MODEL.GENAS.FREEZE_AT={freeze_at} freezes up to stride {stride}, but this "
-                                      f"model's levels have strides {list(self._out_feature_strides.values())}")
-        params = dict(self.body.named_parameters())
-        was_training = self.body.training
-        self.body.eval()
-        size = 2 * max(self._out_feature_strides.values())
-        x = torch.zeros(1, self._in_chans, size, size, device=next(iter(params.values())).device)
-        level = dict(zip(self._level_names, self.body(x)))[names[0]]
-        grads = torch.autograd.grad(level.sum(), list(params.values()), allow_unused=True)
-        self.body.train(was_training)
-        frozen = {n for (n, p), g in zip(params.items(), grads) if g is not None}
-        for n in frozen:
-            params[n].requires_grad_(False)
-        for name, module in list(self.body.named_modules()):
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and f"{name}.weight" in frozen:
-                parent, _, child = name.rpartition(".")
-                setattr(self.body.get_submodule(parent), child, FrozenBatchNorm2d.convert_frozen_batchnorm(module))
-        return frozen
+
+def check_removed_keys(cfg: CfgNode) -> None:
+    """Refuse the keys that were replaced by Detectron2's own (one message saying which key to use)."""
+    if cfg.MODEL.GENAS.get("FREEZE_AT") is not None:
+        raise BackboneConfigError(
+            f"MODEL.GENAS.FREEZE_AT={cfg.MODEL.GENAS.FREEZE_AT} was removed: use Detectron2's MODEL.BACKBONE.FREEZE_AT "
+            f"(ResNet's meaning: 0 = nothing frozen, 1 = the stem, k = the stem and the first k-1 stages; the old "
+            f"MODEL.GENAS.FREEZE_AT k is MODEL.BACKBONE.FREEZE_AT k+1)")
 
 
 @BACKBONE_REGISTRY.register()
 def build_genas_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> TimmFeatureBackbone:
-    """The bottom-up timm backbone described by ``cfg.MODEL.GENAS`` (see :mod:`detection.config`)."""
+    """The bottom-up timm backbone described by ``cfg.MODEL.GENAS`` (see :mod:`detection.config`) with
+    ``cfg.MODEL.BACKBONE.FREEZE_AT``."""
+    check_removed_keys(cfg)
     g = cfg.MODEL.GENAS
-    model = create_feature_model(g.NAME, g.WEIGHTS, input_shape.channels, g.MODEL_KWARGS)
-    return TimmFeatureBackbone(model, g.OUT_FEATURES, freeze_at=g.FREEZE_AT, norm=g.NORM,
-                               in_chans=input_shape.channels)
+    model = create_feature_model(g.NAME, g.WEIGHTS, input_shape.channels, g.MODEL_KWARGS, g.OUT_FEATURES)
+    return TimmFeatureBackbone(model, g.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, norm=g.NORM,
+                               in_chans=input_shape.channels, channels_last=g.CHANNELS_LAST)
 
 
 @BACKBONE_REGISTRY.register()

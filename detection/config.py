@@ -8,13 +8,21 @@
   ``darts_imagenet`` or ``{drop_path_rate: 0.1}`` (YAML only: yacs cannot add new keys from the command line).
 - ``WEIGHTS``: the ImageNet classification checkpoint of that model ("" = random init). It is loaded through
   timm (``pretrained_cfg_overlay=dict(file=...)``) so the model's own checkpoint filter maps its keys.
-- ``FREEZE_AT``: how many feature levels, counted from the finest (stride 4), are frozen together with
-  everything that computes them; 0 trains the whole backbone. 1 (everything up to stride 4) is the counterpart
-  of ResNet's ``FREEZE_AT: 2`` (stem + res2) in Detectron2's RetinaNet recipe.
 - ``NORM``: what the backbone's BatchNorm layers become: ``BN`` (kept), ``FrozenBN`` (fixed statistics and
   affine, Detectron2's default for ImageNet backbones) or ``SyncBN``.
 - ``OUT_FEATURES``: the feature levels handed to the FPN, named ``res<log2(stride)>`` like ResNet's, so that
-  Detectron2's stock FPN / RetinaNet keys (``FPN.IN_FEATURES: [res3, res4, res5]``) apply unchanged.
+  Detectron2's stock FPN / RetinaNet keys (``FPN.IN_FEATURES: [res3, res4, res5]``) apply unchanged. Only these
+  levels are built (the layers after the last one are pruned), so every trainable parameter gets a gradient.
+- ``CHANNELS_LAST``: run the backbone in channels_last memory format (faster convolutions on GPU).
+- ``FREEZE_AT``: removed (an error that points to the key below); kept only to say so.
+
+Freezing is Detectron2's own ``MODEL.BACKBONE.FREEZE_AT``, with ResNet's meaning: 0 = nothing frozen, 1 = the
+stem, k = the stem and the first k-1 stages, i.e. everything computing ``res<k>`` (:mod:`backbones.freeze`).
+Detectron2's default 2 is the RetinaNet recipe's "stem + res2"; for the DARTS networks, whose stride-4 level is the
+stem's output, 1 and 2 both freeze ``stem0``, 3 freezes the stems and the cells up to stride 8.
+
+``SOLVER.AMP.PRECISION`` (``fp16`` | ``bf16``): the autocast dtype of Detectron2's ``AMPTrainer`` when
+``SOLVER.AMP.ENABLED`` (which needs a CUDA device); Detectron2's own default is fp16.
 
 ``DATASETS.COCO_FORMAT`` (read by :mod:`detection.data`): ``[name, json_file, image_root]`` triples registered
 as COCO-format instance datasets before the loaders are built, so any such dataset is used from YAML or the
@@ -32,14 +40,18 @@ __all__ = ["add_genas_config", "build_config"]
 
 
 def add_genas_config(cfg: CfgNode) -> None:
-    """Add the ``MODEL.GENAS`` and ``DATASETS.COCO_FORMAT`` keys (with their defaults) to ``cfg`` in place."""
+    """Add the ``MODEL.GENAS``, ``SOLVER.AMP.PRECISION`` and ``DATASETS.COCO_FORMAT`` keys (with their defaults)
+    to ``cfg`` in place: call it before ``cfg.merge_from_file`` of a GeNAS YAML (also from Detectron2's own
+    ``tools/train_net.py``)."""
     cfg.MODEL.GENAS = CfgNode()
     cfg.MODEL.GENAS.NAME = "genas_c100"
     cfg.MODEL.GENAS.MODEL_KWARGS = CfgNode(new_allowed=True)
     cfg.MODEL.GENAS.WEIGHTS = ""
-    cfg.MODEL.GENAS.FREEZE_AT = 1
+    cfg.MODEL.GENAS.FREEZE_AT = None  # removed: MODEL.BACKBONE.FREEZE_AT (setting it is an error saying so)
     cfg.MODEL.GENAS.NORM = "FrozenBN"
     cfg.MODEL.GENAS.OUT_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.GENAS.CHANNELS_LAST = False
+    cfg.SOLVER.AMP.PRECISION = "fp16"
     cfg.DATASETS.COCO_FORMAT = []
 
 

@@ -16,6 +16,8 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
+from genas.core.errors import UsageError
+
 __all__ = ["DatasetConfigError", "register_coco_format_datasets", "check_datasets", "check_num_classes"]
 
 logger = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ _BUILTIN_HINT = ("the built-in COCO names resolve under $DETECTRON2_DATASETS (no
                  "[name, json_file, image_root] to DATASETS.COCO_FORMAT")
 
 
-class DatasetConfigError(ValueError):
+class DatasetConfigError(UsageError):
     """A dataset in the config that is unknown or whose files are missing; the message says how to fix it."""
 
 

@@ -10,6 +10,11 @@ The standard COCO names need ``$DETECTRON2_DATASETS``; any other COCO-format dat
 (``DATASETS.COCO_FORMAT``, see :mod:`detection.data`). After the final evaluation, COCO box AP, AP50, AP75, APs,
 APm, APl go to ``OUTPUT_DIR/results_detection.json`` (``genas.core.results`` format; one
 ``results_detection_<dataset>.json`` per dataset when ``DATASETS.TEST`` has several).
+
+``--num-gpus N`` starts N processes with Detectron2's ``launch`` (NCCL on GPUs; on a machine without CUDA, N gloo
+CPU processes). Mixed precision: ``SOLVER.AMP.ENABLED True`` (CUDA) with ``SOLVER.AMP.PRECISION fp16|bf16``;
+``MODEL.GENAS.CHANNELS_LAST True`` runs the backbone in channels_last. A config mistake (unknown model, missing
+dataset file, removed key) is one ``error:`` line on stderr and exit code 2, before any process starts.
 """
 from __future__ import annotations
 
@@ -25,23 +30,48 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
+from torch.nn.parallel import DistributedDataParallel
 
-from detection.backbone import BackboneConfigError, check_backbone_config
+from detection.backbone import BackboneConfigError, check_removed_keys, check_backbone_config
 from detection.config import build_config
-from detection.data import DatasetConfigError, check_datasets, check_num_classes, register_coco_format_datasets
+from detection.data import check_datasets, check_num_classes, register_coco_format_datasets
+from genas.core.distributed import AMP_DTYPES
+from genas.core.errors import usage_errors
 from genas.core.results import write_result
 
-__all__ = ["DETECTION_METRICS", "Trainer", "setup", "write_detection_results", "main"]
+__all__ = ["DETECTION_METRICS", "Trainer", "checked_config", "setup", "write_detection_results", "main", "cli"]
 
 logger = logging.getLogger("detectron2")
 
 DETECTION_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
+def _create_ddp_model(model: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
+    """Detectron2's ``create_ddp_model``, also for CPU processes: it passes ``device_ids=[local_rank]``, which
+    ``DistributedDataParallel`` refuses for a CPU module (gloo runs)."""
+    if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+        return DistributedDataParallel(model, **kwargs)
+    return _D2_CREATE_DDP_MODEL(model, **kwargs)
+
+
+_D2_CREATE_DDP_MODEL = d2_defaults.create_ddp_model
+
+
 class Trainer(DefaultTrainer):
-    """Detectron2's ``DefaultTrainer`` (hooks, checkpoints, LR schedule, AMP) with COCO box evaluation."""
+    """Detectron2's ``DefaultTrainer`` (hooks, checkpoints, LR schedule, AMP) with COCO box evaluation; DDP also
+    over gloo CPU processes, and ``SOLVER.AMP.PRECISION`` as the ``AMPTrainer``'s autocast dtype."""
+
+    def __init__(self, cfg: CfgNode):
+        d2_defaults.create_ddp_model = _create_ddp_model  # DefaultTrainer.__init__ wraps the model with it
+        try:
+            super().__init__(cfg)
+        finally:
+            d2_defaults.create_ddp_model = _D2_CREATE_DDP_MODEL
+        if cfg.SOLVER.AMP.ENABLED:
+            self._trainer.precision = AMP_DTYPES[cfg.SOLVER.AMP.PRECISION]
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> COCOEvaluator:
@@ -61,14 +91,27 @@ class Trainer(DefaultTrainer):
         return loader
 
 
-def setup(args: argparse.Namespace) -> CfgNode:
-    """The frozen config of a run; datasets and model name are checked before anything is written."""
+def checked_config(args: argparse.Namespace) -> CfgNode:
+    """The run's config with datasets registered; model name, datasets and GeNAS keys are checked (a
+    :class:`~genas.core.errors.UsageError` otherwise) before anything is built or written."""
     cfg = build_config(args.config_file, args.opts)
     if args.eval_only:  # MODEL.WEIGHTS replaces every backbone tensor: the ImageNet file is neither read nor needed
         cfg.MODEL.GENAS.WEIGHTS = ""
+    check_removed_keys(cfg)
     check_backbone_config(cfg.MODEL.GENAS.NAME, cfg.MODEL.GENAS.WEIGHTS)
+    if cfg.SOLVER.AMP.PRECISION not in AMP_DTYPES or cfg.SOLVER.AMP.PRECISION is None:
+        raise BackboneConfigError(f"SOLVER.AMP.PRECISION={cfg.SOLVER.AMP.PRECISION!r}: expected fp16 or bf16")
+    if cfg.SOLVER.AMP.ENABLED and not torch.cuda.is_available():
+        raise BackboneConfigError("SOLVER.AMP.ENABLED: Detectron2's AMPTrainer needs a CUDA device, and none is "
+                                  "available; set SOLVER.AMP.ENABLED False")
     register_coco_format_datasets(cfg)
     check_datasets(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
+    return cfg
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """The frozen config of a run (:func:`checked_config`), then Detectron2's ``default_setup`` (logs, seed)."""
+    cfg = checked_config(args)
     cuda_missing = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
     if cuda_missing:
         cfg.MODEL.DEVICE = "cpu"
@@ -126,14 +169,16 @@ def main(args: argparse.Namespace) -> Mapping[str, Any]:
     return results
 
 
-def cli(argv: Optional[List[str]] = None) -> None:
+@usage_errors
+def cli(argv: Optional[List[str]] = None) -> int:
+    """``python detection/train_net.py``: Detectron2's argument parser and ``launch``; exit code 2 with one
+    ``error:`` line for a config mistake (checked once here, before any worker process starts)."""
     args = default_argument_parser().parse_args(argv)
-    try:
-        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,))
-    except (BackboneConfigError, DatasetConfigError) as e:
-        sys.exit(f"error: {e}")
+    checked_config(args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+    return 0
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

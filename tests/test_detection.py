@@ -2,7 +2,7 @@
 
 The end-to-end tests train RetinaNet with the genas_c100 backbone (random init, BN) on 2 real COCO images of
 shared/data/coco128 (128 px), evaluate with COCOEvaluator on 8 images, resume, evaluate again through the CLI
-and infer one image. Numbers checked by hand: the DARTS ImageNet network of width C has 4C / 8C / 16C channels at
+and infer one image; `train_net.py --num-gpus 2` trains and evaluates in 2 gloo CPU processes. Numbers checked by hand: the DARTS ImageNet network of width C has 4C / 8C / 16C channels at
 strides 8 / 16 / 32 (a cell concatenates 4 nodes; each reduction doubles C), and 46 / 184 / 368 / 736 for C=46.
 """
 from __future__ import annotations
@@ -25,17 +25,20 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.engine import DefaultPredictor, default_argument_parser  # noqa: E402
 from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
-from detectron2.modeling import build_backbone  # noqa: E402
+from detectron2.modeling import build_backbone, build_model  # noqa: E402
 from detectron2.modeling.backbone.fpn import LastLevelP6P7  # noqa: E402
 from detectron2.structures import Boxes, BoxMode, Instances  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 from torch import nn  # noqa: E402
 
+from backbones.names import ModelNameError  # noqa: E402
 from detection.backbone import BackboneConfigError, TimmFeatureBackbone, create_feature_model  # noqa: E402
 from detection.config import build_config  # noqa: E402
 from detection.data import DatasetConfigError, check_datasets, register_coco_format_datasets  # noqa: E402
-from detection.train_net import DETECTION_METRICS, Trainer, main, setup, write_detection_results  # noqa: E402
+from detection.train_net import DETECTION_METRICS, Trainer, cli, main, setup, write_detection_results  # noqa: E402
+from genas.core.errors import UsageError  # noqa: E402
 from genas.core.results import read_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,29 +88,68 @@ def _param_names(backbone: TimmFeatureBackbone, prefixes: tuple[str, ...]) -> se
 
 
 def test_freeze_at_freezes_exactly_what_computes_the_levels(small_genas):
-    bb = TimmFeatureBackbone(small_genas(), ["res3", "res4", "res5"], freeze_at=1, norm="BN")
-    frozen = {n for n, p in bb.body.named_parameters() if not p.requires_grad}
-    # stride 4 = the output of stem0 (conv, BN, ReLU, conv, BN): its convs are frozen, its BNs became
-    # FrozenBatchNorm2d (whose affine tensors are buffers), everything else trains
-    assert frozen == {"model.stem0.0.weight", "model.stem0.3.weight"} == _param_names(bb, ("model.stem0.",))
-    assert isinstance(bb.body.model.stem0[1], FrozenBatchNorm2d) and isinstance(bb.body.model.stem0[4], FrozenBatchNorm2d)
-    assert isinstance(bb.body.model.stem1[2], nn.BatchNorm2d)
-    # the dependency probe ran in eval mode: no BN statistics were touched, training mode is back
-    assert bb.body.training
-    assert all(int(m.num_batches_tracked) == 0 for m in bb.body.modules() if isinstance(m, nn.BatchNorm2d))
+    """MODEL.BACKBONE.FREEZE_AT with ResNet's meaning on the DARTS network, whose stride-4 level is stem0's output:
+    1 (the stem) and 2 (stem + res2, Detectron2's default) freeze stem0; 3 adds stem1 and the cells up to res3."""
+    for freeze_at in (1, 2):
+        bb = TimmFeatureBackbone(small_genas(), ["res3", "res4", "res5"], freeze_at=freeze_at, norm="BN")
+        frozen = {n for n, p in bb.body.named_parameters() if not p.requires_grad}
+        # stem0 (conv, BN, ReLU, conv, BN): its convs are frozen, its BNs became FrozenBatchNorm2d (whose
+        # affine tensors are buffers), everything else trains
+        assert frozen == {"model.stem0.0.weight", "model.stem0.3.weight"} == _param_names(bb, ("model.stem0.",))
+        assert isinstance(bb.body.model.stem0[1], FrozenBatchNorm2d)
+        assert isinstance(bb.body.model.stem0[4], FrozenBatchNorm2d)
+        assert isinstance(bb.body.model.stem1[2], nn.BatchNorm2d)
+        # the dependency probe ran in eval mode: no BN statistics were touched, training mode is back
+        assert bb.body.training
+        assert all(int(m.num_batches_tracked) == 0 for m in bb.body.modules() if isinstance(m, nn.BatchNorm2d))
 
-    bb = TimmFeatureBackbone(small_genas(), ["res3", "res4", "res5"], freeze_at=2, norm="BN")
+    bb = TimmFeatureBackbone(small_genas(), ["res3", "res4", "res5"], freeze_at=3, norm="BN")
     frozen = {n for n, p in bb.body.named_parameters() if not p.requires_grad}
     # stride 8 = cell 3's output: the stems and cells 0-3 (cell 4 is the first reduction)
     assert frozen == _param_names(bb, ("model.stem0.", "model.stem1.", *(f"model.cells.{i}." for i in range(4))))
+    # beyond the built levels: everything built is frozen, as Detectron2's ResNet does
+    bb = TimmFeatureBackbone(small_genas(), ["res3", "res4", "res5"], freeze_at=6, norm="BN")
+    assert not any(p.requires_grad for p in bb.body.parameters())
+    assert TimmFeatureBackbone(small_genas(), ["res3"], freeze_at=0).frozen.parameters == ()
 
-    with pytest.raises(BackboneConfigError, match="FREEZE_AT=5 freezes up to stride 64"):
-        TimmFeatureBackbone(small_genas(), ["res5"], freeze_at=5)
+
+def test_removed_genas_freeze_at_says_which_key_to_use():
+    cfg = build_config(str(GENAS_YAML), ["MODEL.GENAS.WEIGHTS", "", "MODEL.GENAS.FREEZE_AT", "1"])
+    with pytest.raises(BackboneConfigError, match=r"MODEL.GENAS.FREEZE_AT=1 was removed: use Detectron2's "
+                                                  r"MODEL.BACKBONE.FREEZE_AT .*is MODEL.BACKBONE.FREEZE_AT k\+1"):
+        build_backbone(cfg)
+    assert build_config(str(GENAS_YAML)).MODEL.BACKBONE.FREEZE_AT == 2  # Detectron2's default, the recipe's value
+
+
+@pytest.mark.parametrize("freeze_at", range(6))
+def test_freeze_at_matches_detectron2_resnet18(freeze_at):
+    """timm's ResNet-18 through our backbone freezes the same convolutions, stage by stage, as Detectron2's own
+    ResNet-18 for every FREEZE_AT (both with FrozenBN: the frozen tensors are the conv weights)."""
+    cfg = model_zoo.get_config("COCO-Detection/retinanet_R_50_FPN_1x.yaml")
+    cfg.merge_from_list(["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
+                         "MODEL.BACKBONE.FREEZE_AT", freeze_at])
+    reference = build_backbone(cfg).bottom_up
+    ours = TimmFeatureBackbone(create_feature_model("resnet18", out_features=["res3", "res4", "res5"]),
+                               ["res3", "res4", "res5"], freeze_at=freeze_at)
+
+    def frozen_per_stage(module, stage_of):
+        counts = {}
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                counts[stage_of(name)] = counts.get(stage_of(name), 0) + 1
+        return counts
+
+    d2_stage = lambda n: n.split(".")[0]  # noqa: E731  stem, res2..res5
+    timm_stage = lambda n: {"conv1": "stem", "layer1": "res2", "layer2": "res3", "layer3": "res4",  # noqa: E731
+                            "layer4": "res5"}[n.split(".")[0]]
+    expected = frozen_per_stage(reference, d2_stage)
+    assert frozen_per_stage(ours.body, timm_stage) == expected
+    assert sum(expected.values()) == [0, 1, 5, 10, 15, 20][freeze_at]  # stem conv; 4 convs (+1 shortcut) a stage
 
 
 def test_any_timm_model_resnet18_freezes_like_detectron2_resnet():
-    """FREEZE_AT 1 on timm's ResNet-18 = Detectron2's ResNet FREEZE_AT 2: stem (conv1, bn1) and layer1."""
-    bb = TimmFeatureBackbone(create_feature_model("resnet18"), ["res3", "res4", "res5"], freeze_at=1)
+    """FREEZE_AT 2 on timm's ResNet-18 = Detectron2's ResNet FREEZE_AT 2: stem (conv1, bn1) and layer1."""
+    bb = TimmFeatureBackbone(create_feature_model("resnet18"), ["res3", "res4", "res5"], freeze_at=2)
     assert {k: (v.channels, v.stride) for k, v in bb.output_shape().items()} == {
         "res3": (128, 8), "res4": (256, 16), "res5": (512, 32)}
     frozen = {n for n, p in bb.body.named_parameters() if not p.requires_grad}
@@ -158,10 +200,74 @@ def test_model_kwargs_from_yaml(tmp_path):
 
 def test_wrong_model_name_is_one_clear_error():
     cfg = build_config(str(GENAS_YAML), ["MODEL.GENAS.NAME", "genas_c1000", "MODEL.GENAS.WEIGHTS", ""])
-    with pytest.raises(BackboneConfigError, match=r"MODEL.GENAS.NAME='genas_c1000' is not a timm model.*genas_c100"):
+    with pytest.raises(ModelNameError, match=r"MODEL.GENAS.NAME='genas_c1000' is not a timm model.*genas_c100"):
         build_backbone(cfg)
     with pytest.raises(BackboneConfigError, match="OUT_FEATURES.*res6"):
         TimmFeatureBackbone(create_feature_model("genas_c100", model_kwargs={"C": 16}), ["res6"])
+    with pytest.raises(BackboneConfigError, match=r"OUT_FEATURES=\['res6'\]: \['res6'\] not among genas_c100's levels"):
+        create_feature_model("genas_c100", model_kwargs={"C": 16}, out_features=["res6"])
+    assert issubclass(BackboneConfigError, UsageError) and issubclass(DatasetConfigError, UsageError)
+
+
+def _training_batch():
+    """Two 128x160 images with one box each, as Detectron2's mapper hands them to the model."""
+    torch.manual_seed(0)
+    batch = []
+    for k in range(2):
+        instances = Instances((128, 160))
+        instances.gt_boxes = Boxes(torch.tensor([[10.0 + k, 20.0, 90.0, 100.0]]))
+        instances.gt_classes = torch.tensor([k])
+        batch.append({"image": torch.rand(3, 128, 160) * 255, "height": 128, "width": 160, "instances": instances})
+    return batch
+
+
+def test_out_features_without_res5_builds_only_what_trains():
+    """OUT_FEATURES without res5: the cells after res4 are not built, so every parameter that requires grad gets a
+    gradient from one RetinaNet loss (Detectron2's DDP runs with find_unused_parameters=False)."""
+    cfg = build_config(str(GENAS_YAML), [
+        "MODEL.GENAS.WEIGHTS", "", "MODEL.GENAS.NORM", "BN", "MODEL.DEVICE", "cpu",
+        "MODEL.GENAS.OUT_FEATURES", "['res3', 'res4']", "MODEL.FPN.IN_FEATURES", "['res3', 'res4']",
+        # FPN on res3, res4 + P6/P7 from res4: p3..p6
+        "MODEL.RETINANET.IN_FEATURES", "['p3', 'p4', 'p5', 'p6']", "MODEL.ANCHOR_GENERATOR.SIZES",
+        "[[32], [64], [128], [256]]"])
+    cfg.MODEL.GENAS.MODEL_KWARGS.C = 16
+    model = build_model(cfg)
+    bottom_up = model.backbone.bottom_up
+    assert {k: (v.channels, v.stride) for k, v in bottom_up.output_shape().items()} == {"res3": (64, 8),
+                                                                                         "res4": (128, 16)}
+    assert len(bottom_up.body.model.cells) == 9  # cells 9-13 (after the second reduction) are not built
+    assert model.backbone.top_block.in_feature == "res4"
+    assert {k: v.stride for k, v in model.backbone.output_shape().items()} == {"p3": 8, "p4": 16, "p5": 32, "p6": 64}
+    model.train()
+    with EventStorage():  # RetinaNet's training forward logs into Detectron2's event storage
+        losses = model(_training_batch())
+    sum(losses.values()).backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert len(trainable) > 200
+    assert [n for n, p in trainable if p.grad is None] == []
+    # FREEZE_AT 2 (the default) froze stem0, which gets no gradient and is no DDP parameter
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == {
+        "backbone.bottom_up.body.model.stem0.0.weight", "backbone.bottom_up.body.model.stem0.3.weight"}
+
+
+def test_channels_last_backbone_computes_the_same_features(small_genas):
+    torch.manual_seed(0)
+    model = small_genas()
+    state = model.state_dict()
+    plain = TimmFeatureBackbone(model, ["res3", "res4", "res5"], freeze_at=0, norm="FrozenBN").eval()
+    twin = small_genas()
+    twin.load_state_dict(state)
+    nhwc = TimmFeatureBackbone(twin, ["res3", "res4", "res5"], freeze_at=0, norm="FrozenBN",
+                               channels_last=True).eval()
+    assert nhwc.body.model.stem0[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        a, b = plain(x), nhwc(x)
+    assert b["res3"].is_contiguous(memory_format=torch.channels_last)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    cfg = build_config(str(GENAS_YAML), ["MODEL.GENAS.WEIGHTS", "", "MODEL.GENAS.CHANNELS_LAST", "True"])
+    assert build_backbone(cfg).bottom_up.channels_last
 
 
 # ---------------------------------------------------------------- configs
@@ -169,6 +275,8 @@ def test_wrong_model_name_is_one_clear_error():
 def test_base_config_is_detectron2_retinanet_recipe():
     ours = build_config(str(GENAS_YAML)).clone()
     reference = model_zoo.get_config("COCO-Detection/retinanet_R_50_FPN_1x.yaml").clone()
+    assert ours.MODEL.BACKBONE.FREEZE_AT == reference.MODEL.BACKBONE.FREEZE_AT == 2
+    assert ours.SOLVER.AMP.pop("PRECISION") == "fp16"  # the AMPTrainer's own default dtype
     # what differs on purpose: the backbone, its input normalisation / channel order, the output folder
     for cfg in (ours, reference):
         for node, key in (("MODEL", "BACKBONE"), ("MODEL", "WEIGHTS"), ("MODEL", "PIXEL_MEAN"), ("MODEL", "PIXEL_STD"),
@@ -227,9 +335,24 @@ def test_cli_reports_bad_dataset_and_writes_nothing(tmp_path):
          "DATASETS.COCO_FORMAT", f"[['t_cli', '{tmp_path / 'none.json'}', '{tmp_path}']]",
          "DATASETS.TRAIN", "('t_cli',)", "DATASETS.TEST", "('t_cli',)", "OUTPUT_DIR", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        f"error: dataset 't_cli': annotation file {tmp_path / 'none.json'} does not exist")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()  # (a FutureWarning of an import may precede it: issue 12)
+    assert lines[-1].startswith(f"error: dataset 't_cli': annotation file {tmp_path / 'none.json'} does not exist")
+    assert "Traceback" not in proc.stderr and sum(line.startswith("error:") for line in lines) == 1, proc.stderr
+    assert not out.exists()
+
+
+def test_cli_reports_usage_errors_as_one_line(tmp_path, capsys):
+    out = tmp_path / "out"
+    cases = [(["MODEL.GENAS.NAME", "genas_c1000"], "error: MODEL.GENAS.NAME='genas_c1000' is not a timm model"),
+             (["MODEL.GENAS.FREEZE_AT", "1"], "error: MODEL.GENAS.FREEZE_AT=1 was removed: use Detectron2's"),
+             (["SOLVER.AMP.PRECISION", "fp8"], "error: SOLVER.AMP.PRECISION='fp8': expected fp16 or bf16")]
+    if not torch.cuda.is_available():
+        cases.append((["SOLVER.AMP.ENABLED", "True"], "error: SOLVER.AMP.ENABLED: Detectron2's AMPTrainer needs"))
+    for opts, message in cases:
+        assert cli(["--config-file", str(GENAS_YAML), "MODEL.GENAS.WEIGHTS", "", "OUTPUT_DIR", str(out), *opts]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1, err
     assert not out.exists()
 
 
@@ -260,10 +383,11 @@ def coco128_run(tmp_path_factory):
 _BASE_: "{GENAS_YAML}"
 MODEL:
   DEVICE: cpu
+  BACKBONE:
+    FREEZE_AT: 0
   GENAS:
     WEIGHTS: ""
     NORM: BN
-    FREEZE_AT: 0
   RETINANET:
     SCORE_THRESH_TEST: 0.0
 DATASETS:
@@ -375,3 +499,65 @@ def test_inference_on_a_real_image(coco128_run, coco128):
     assert (boxes[:, 2] <= 381).all() and (boxes[:, 3] <= 500).all()
     assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
     assert ((instances.pred_classes >= 0) & (instances.pred_classes < 80)).all()
+
+
+def test_amp_precision_reaches_detectron2_amp_trainer(coco128_run):
+    """SOLVER.AMP.PRECISION bf16 becomes the dtype of Detectron2's AMPTrainer (which runs on CUDA only)."""
+    config, out, *_ = coco128_run
+    cfg = build_config(str(config), ["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "bf16",
+                                     "OUTPUT_DIR", str(out.parent / "amp")])
+    cfg.MODEL.GENAS.MODEL_KWARGS.C = 8
+    trainer = Trainer(cfg)
+    assert type(trainer._trainer).__name__ == "AMPTrainer" and trainer._trainer.precision == torch.bfloat16
+    cfg.SOLVER.AMP.ENABLED = False
+    assert type(Trainer(cfg)._trainer).__name__ == "SimpleTrainer"
+
+
+def test_ddp_two_gloo_processes(coco128_run, tmp_path):
+    """``train_net.py --num-gpus 2`` on a machine without CUDA: Detectron2's launch starts 2 gloo processes; both
+    train (1 image each of the batch of 2) and evaluate 2 images (COCOEvaluator gathers their detections), rank 0
+    writes. Backbone width 8 keeps it short."""
+    small = tmp_path / "small.yaml"
+    small.write_text(f'_BASE_: "{coco128_run[0]}"\nMODEL:\n  GENAS:\n    MODEL_KWARGS: {{C: 8}}\n')
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "detection/train_net.py", "--config-file", str(small), "--num-gpus", "2",
+         "--dist-url", "auto", "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "('t_coco128_train2',)",
+         "OUTPUT_DIR", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=150, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (out / "log.txt").read_text()
+    assert "Rank of current process: 0. World size: 2" in log
+    assert "Rank of current process: 1. World size: 2" in (out / "log.txt.rank1").read_text()
+    logged = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    losses = [row["total_loss"] for row in logged if "total_loss" in row]
+    assert [row["iteration"] for row in logged if "total_loss" in row][-1] == 1 and all(map(math.isfinite, losses))
+    result = read_result(out / "results_detection.json")
+    assert result["meta"]["iterations"] == 2 and set(result["metrics"]) == set(DETECTION_METRICS)
+    assert result["meta"]["dataset"] == "t_coco128_train2"
+    # both images were evaluated, one per process, and gathered: detections (score threshold 0) for each of them
+    dets = json.loads((out / "inference" / "t_coco128_train2" / "coco_instances_results.json").read_text())
+    train_ids = {r["image_id"] for r in DatasetCatalog.get("t_coco128_train2")}
+    assert {d["image_id"] for d in dets} == train_ids and len(train_ids) == 2
+
+
+def test_readme_lines_for_detectron2_tools_train_net(coco128_run, tmp_path):
+    """The README's setup() for Detectron2's own tools/train_net.py, run as written: without add_genas_config the
+    stock get_cfg() refuses our YAML with the KeyError users see; with it, the config loads and its datasets
+    are registered."""
+    from detectron2.config import get_cfg
+    from detectron2.engine import default_setup
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### With Detectron2's own `tools/train_net.py`"):]
+    code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 9)]
+    config = tmp_path / "renamed.yaml"  # the coco128 config with dataset names not registered in this process yet
+    config.write_text(coco128_run[0].read_text().replace("t_coco128_", "t_readme_"))
+    with pytest.raises(KeyError, match="Non-existent config key: MODEL.GENAS"):
+        get_cfg().merge_from_file(str(config))
+    namespace = {"get_cfg": get_cfg, "default_setup": default_setup}
+    exec(compile(code, "README.md", "exec"), namespace)
+    cfg = namespace["setup"](_args("--config-file", str(config), "OUTPUT_DIR", str(tmp_path / "out")))
+    assert cfg.MODEL.GENAS.NAME == "genas_c100" and cfg.MODEL.DEVICE == "cpu"
+    assert {"t_readme_train2", "t_readme_eval8"} <= set(DatasetCatalog.list())
+    assert len(DatasetCatalog.get("t_readme_train2")) == 2
