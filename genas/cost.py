@@ -70,8 +70,10 @@ def standalone_builder(space: SearchSpace, num_classes: int) -> Callable[[Arch],
 
 @dataclass
 class NetworkCost:
-    """Params and FLOPs of candidates' standalone networks, each counted once per canonical key
-    (building a network takes ~0.1 s and tracing its FLOPs seconds, and the search asks repeatedly)."""
+    """Params and FLOPs of candidates' standalone networks, each counted once per architecture (building a
+    network takes ~0.1 s and tracing its FLOPs seconds, and the search asks repeatedly). Cached by the exact
+    genes, not :meth:`SearchSpace.key`: isomorphic NB201 cells compute one function but their standalone
+    networks hold different ops (a conv on a dead edge still has its weights)."""
 
     space: SearchSpace
     num_classes: int
@@ -79,18 +81,18 @@ class NetworkCost:
 
     def __post_init__(self) -> None:
         self._build = standalone_builder(self.space, self.num_classes)
-        self._params: dict[str, int] = {}
-        self._flops: dict[str, int] = {}
+        self._params: dict[tuple[int, ...], int] = {}
+        self._flops: dict[tuple[int, ...], int] = {}
 
     def params(self, arch: Arch) -> int:
-        key = self.space.key(arch)
+        key = tuple(int(g) for g in self.space.validate(arch))
         if key not in self._params:
             with torch.device("meta"):  # shapes only: no weight initialisation, no memory
                 self._params[key] = count_params(self._build(arch))
         return self._params[key]
 
     def flops(self, arch: Arch) -> int:
-        key = self.space.key(arch)
+        key = tuple(int(g) for g in self.space.validate(arch))
         if key not in self._flops:
             self._flops[key] = count_macs(self._build(arch), self.input_shape)
         return self._flops[key]

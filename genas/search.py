@@ -274,8 +274,8 @@ def _run(args: argparse.Namespace, plan: _Plan, info: DistInfo) -> dict[str, Any
         supernet_seconds = None if reused else time.perf_counter() - start
     supernet = _load_supernet(plan, data.num_classes)
     from genas.train_supernet import sampled_path_accuracy
-    path_accuracy = sampled_path_accuracy(supernet, data.train, data.val, plan.device,
-                                          seed=int(plan.cfg["train"]["seed"]))
+    path_accuracy = (sampled_path_accuracy(supernet, data.train, data.val, plan.device,  # rank 0 reports it
+                                           seed=int(plan.cfg["train"]["seed"])) if info.is_main else None)
     init_state = load_checkpoint(plan.init_path)["model"] if plan.needs_init else None
 
     from genas.scoring.scorer import ArchScorer

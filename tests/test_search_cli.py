@@ -77,7 +77,7 @@ def test_search_writes_every_output_with_consistent_content(finished_run):
         assert float(row["score"]) == pytest.approx(_flatness(losses, SIGMAS), rel=1e-9)
         net = build_network(row["arch"], num_classes=10)
         assert int(row["params"]) == sum(p.numel() for p in net.parameters())
-        assert space.key(space.from_string(row["arch"])) == row["key"]
+        assert row["key"] == ",".join(map(str, space.from_string(row["arch"])))  # search.dedupe: exact
     ranked = [float(r["score"]) for r in scores]
     assert ranked == sorted(ranked, reverse=True)
 
@@ -102,6 +102,7 @@ def test_search_writes_every_output_with_consistent_content(finished_run):
     assert meta["num_evaluations"] == len(scores) and meta["num_nonfinite"] == 0
     assert meta["params_m"] == pytest.approx(int(scores[0]["params"]) / 1e6)
     assert meta["search_seconds"] > 0 and meta["supernet_seconds"] > 0 and len(meta["supernet_sha256"]) == 64
+    assert meta["world_size"] == 1 and meta["evaluations_per_rank"] == [len(scores)]
 
 
 def test_rerun_needs_resume_and_resume_reuses_everything(finished_run, capsys):
@@ -135,6 +136,17 @@ def test_given_supernet_and_angle_metric(finished_run):
     assert summary["meta"]["metric"] == "angle" and summary["meta"]["supernet_seconds"] is None
 
 
+def test_isomorphic_dedupe_keys_by_class(finished_run):
+    tmp, out = finished_run
+    other = tmp / "isomorphic"
+    assert main(["--config", str(_config(tmp, TINY)), "--out", str(other), "--no-progress", "--supernet",
+                 str(out / "supernet" / "final.pt"), "--opts", "search.dedupe=isomorphic"]) == 0
+    space = NB201Space()
+    rows = _csv(other / "scores.csv")
+    assert rows and all(space.key(space.from_string(r["arch"])) == r["key"] for r in rows)
+    assert len({r["key"] for r in rows}) == len(rows)
+
+
 def test_darts_best_genotype_json_builds_a_backbones_network(tmp_path):
     import timm
     import backbones  # noqa: F401  (registers the DARTS timm models)
@@ -156,6 +168,7 @@ def test_darts_best_genotype_json_builds_a_backbones_network(tmp_path):
     ({"search": {**TINY["search"], "topk": 0}}, [], "search.topk must be >= 1"),
     ({"space": "darts", "supernet": {"C": 4, "layers": 2}}, ["--algorithm", "exhaustive"], "exhaustive"),
     ({}, ["--device", "tpu"], "train.device"),
+    ({}, ["--opts", "search.dedupe=fuzzy"], "search.dedupe must be one of"),
 ])
 def test_bad_input_exits_nonzero_and_writes_nothing(tmp_path, capsys, change, args, message):
     out = tmp_path / "out"
