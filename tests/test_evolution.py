@@ -198,6 +198,20 @@ def test_dedupe_default_is_exact_and_is_a_config_choice():
         SearchSettings(dedupe="fuzzy")
 
 
+def test_a_state_from_before_dedupe_resumes_as_isomorphic(tmp_path):
+    """State files written before ``search.dedupe`` existed deduped by isomorphism class: they resume as that."""
+    import json
+    state = tmp_path / "s.json"
+    iso = SearchSettings(**SMALL, dedupe="isomorphic")
+    reference = _final(Search(NB201, conv_count_score, iso, state_path=state, progress=False).run())
+    saved = json.loads(state.read_text())
+    del saved["settings"]["dedupe"]
+    state.write_text(json.dumps(saved))
+    assert _final(Search(NB201, conv_count_score, iso, state_path=state, progress=False).run(resume=True)) == reference
+    with pytest.raises(ValueError, match="different search.*dedupe"):
+        Search(NB201, conv_count_score, SearchSettings(**SMALL), state_path=state, progress=False).run(resume=True)
+
+
 def test_exhaustive_nb201_scores_all_15625_by_default():
     """The reference (RLNAS) scores every one of the 15,625 cells: isomorphic ones get their own scores."""
     counter = CountingScore(NB201, fn=gene_score)
