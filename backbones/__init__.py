@@ -12,9 +12,11 @@
     local = timm.create_model("genas_c100", pretrained=True, pretrained_cfg_overlay=dict(file="model_best.pth.tar"))
 
 ``timm.list_models("genas*")`` lists the GeNAS cells; :data:`backbones.darts_net.VARIANTS` lists every named
-model with its cell, width and the paper's size. ``python -m backbones.summary`` prints measured sizes and
-``python backbones/train_imagenet.py`` trains one from scratch.
+model with its cell, width and the paper's size. ``python -m backbones.summary`` prints measured sizes,
+``python backbones/train_imagenet.py`` trains one from scratch and ``python -m backbones.export`` writes one in
+timm's hub format (``timm.create_model("local-dir:hub/genas_c100", pretrained=True)``, ``hf-hub:`` once uploaded).
+``darts_imagenet`` / ``darts_cifar`` without ``genotype=`` build :data:`backbones.darts_net.DEFAULT_GENOTYPE`.
 """
-from backbones.darts_net import VARIANTS, NetworkCIFAR, NetworkImageNet, checkpoint_filter_fn
+from backbones.darts_net import DEFAULT_GENOTYPE, VARIANTS, NetworkCIFAR, NetworkImageNet, checkpoint_filter_fn
 
-__all__ = ["VARIANTS", "NetworkCIFAR", "NetworkImageNet", "checkpoint_filter_fn"]
+__all__ = ["VARIANTS", "DEFAULT_GENOTYPE", "NetworkCIFAR", "NetworkImageNet", "checkpoint_filter_fn"]
