@@ -27,7 +27,7 @@ from torchvision.transforms import v2
 from genas.core.errors import UsageError
 
 __all__ = ["DATASETS", "DatasetError", "SearchData", "ImageTensors", "SearchSplit", "RandomLabels",
-           "EpochSampler", "split_indices", "build_search_data", "load_imagenet16"]
+           "EpochSampler", "split_indices", "load_split_file", "split_from_file", "build_search_data", "load_imagenet16"]
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet16-120", "imagefolder")
 
@@ -159,6 +159,68 @@ class EpochSampler(Sampler):
         return iter(self.epoch_keys(self.epoch)[self.start:])
 
 
+def load_split_file(path: str | Path) -> dict[str, np.ndarray]:
+    """The index lists of an AutoDL / NAS-Bench-201 split file (``cifar-split.txt``, ``cifar100-split.txt``,
+    ``cifar100-test-split.txt``, ``imagenet-16-120-test-split.txt``): JSON mapping each key (``train``,
+    ``valid``, ``xvalid``, ``xtest``) to ``["int", [index strings]]``. Indices keep the file's order."""
+    import json
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatasetError(f"data.split_file {path}: file not found (the AutoDL split files, e.g. "
+                           f"cifar-split.txt, come with AutoDL-Projects / NATS-Bench configs/nas-benchmark/)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"data.split_file {path}: not JSON ({exc})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise DatasetError(f"data.split_file {path}: expected a JSON object of index lists")
+    out = {}
+    for key, value in raw.items():
+        ok = isinstance(value, list) and len(value) == 2 and value[0] == "int" and isinstance(value[1], list)
+        try:
+            out[key] = np.array([int(v) for v in value[1]], dtype=np.int64) if ok else None
+        except (TypeError, ValueError):
+            out[key] = None
+        if out[key] is None:
+            raise DatasetError(f"data.split_file {path}: key {key!r} must map to [\"int\", [index strings]] "
+                               f"(the AutoDL format), got {str(value)[:80]}")
+    return out
+
+
+def split_from_file(path: str | Path, num_train: int, num_test: int | None) -> tuple[str, np.ndarray, np.ndarray]:
+    """The AutoDL search split of a split file: ``(val_source, train indices, val indices)``.
+
+    A file with ``train`` / ``valid`` (``cifar-split.txt``, ``cifar100-split.txt``) splits the training set:
+    ``val_source`` is ``"train"``. A file with ``xvalid`` (``cifar100-test-split.txt``,
+    ``imagenet-16-120-test-split.txt``) trains on the whole training set and validates on the listed images
+    of the test set (AutoDL ``get_nas_search_loaders``): ``val_source`` is ``"test"``.
+    """
+    splits = load_split_file(path)
+
+    def checked(key: str, size: int, where: str) -> np.ndarray:
+        idx = splits[key]
+        if len(idx) == 0 or idx.min() < 0 or idx.max() >= size:
+            raise DatasetError(f"data.split_file {path}: {key!r} lists indices up to {idx.max() if len(idx) else '-'}"
+                               f" but the {where} set has {size} images: is it the split file of this dataset?")
+        if len(np.unique(idx)) != len(idx):
+            raise DatasetError(f"data.split_file {path}: {key!r} lists an index twice")
+        return idx
+
+    if "train" in splits and "valid" in splits:
+        train, val = checked("train", num_train, "training"), checked("valid", num_train, "training")
+        if np.intersect1d(train, val).size:
+            raise DatasetError(f"data.split_file {path}: 'train' and 'valid' share images")
+        return "train", train, val
+    if "xvalid" in splits:
+        if num_test is None:
+            raise DatasetError(f"data.split_file {path} selects validation images of the test set ('xvalid'), "
+                               f"but this dataset has no test set here (cifar10, cifar100, imagenet16-120 only)")
+        return "test", np.arange(num_train), checked("xvalid", num_test, "test")
+    raise DatasetError(f"data.split_file {path}: expected keys 'train' and 'valid' (a split of the training "
+                       f"set) or 'xvalid' (validation images of the test set), got {sorted(splits)}")
+
+
 def split_indices(num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The fixed 50/50 split of a training set: (search-train indices, search-val indices), each sorted."""
     order = np.random.default_rng(seed).permutation(num_samples)
@@ -179,13 +241,15 @@ def _load_digits() -> tuple[ImageTensors, int, tuple, tuple]:
     return ImageTensors(images, torch.from_numpy(digits.target)), 10, mean, std
 
 
-def _load_cifar(name: str, root: Path, download: bool) -> tuple[ImageTensors, int]:
+def _load_cifar(name: str, root: Path, download: bool, train: bool = True) -> tuple[ImageTensors, int]:
     from torchvision.datasets import CIFAR10, CIFAR100
 
     cls, folder = (CIFAR10, "cifar-10-batches-py") if name == "cifar10" else (CIFAR100, "cifar-100-python")
     files = "data_batch_1..5, batches.meta" if name == "cifar10" else "train, meta"
+    if not train:
+        files = "test_batch, batches.meta" if name == "cifar10" else "test, meta"
     try:
-        dataset = cls(str(root), train=True, download=download)
+        dataset = cls(str(root), train=train, download=download)
     except RuntimeError:
         raise DatasetError(
             f"{name} not found or corrupted under {root}: expected {root / folder}/ with {files} (the python "
@@ -208,18 +272,19 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def load_imagenet16(root: Path, num_classes: int = IMAGENET16_CLASSES) -> ImageTensors:
-    """The training set of ImageNet16-120 from ``root/train_data_batch_{1..10}``.
+def load_imagenet16(root: Path, num_classes: int = IMAGENET16_CLASSES, train: bool = True) -> ImageTensors:
+    """The training set of ImageNet16-120 from ``root/train_data_batch_{1..10}`` (``train=False``: the
+    validation set ``root/val_data``, NAS-Bench-201's test set).
 
     Each file is a pickled dict with ``data`` (N x 768 uint8, channel-major 3x16x16) and ``labels`` (1-based
     ImageNet classes); only classes 1..``num_classes`` are kept, shifted to 0-based.
     """
-    paths = [root / f"train_data_batch_{i}" for i in range(1, 11)]
+    paths = [root / f"train_data_batch_{i}" for i in range(1, 11)] if train else [root / "val_data"]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
         raise DatasetError(
             f"ImageNet16-120 not found under {root}: expected the downsampled-ImageNet 16x16 pickles "
-            f"train_data_batch_1 .. train_data_batch_10 there "
+            f"{'train_data_batch_1 .. train_data_batch_10' if train else 'val_data'} there "
             f"({'found none' if len(missing) == len(paths) else 'missing: ' + ', '.join(missing)}). Set data.root to "
             f"the folder holding them (the ImageNet16 folder of NAS-Bench-201).")
     images, labels = [], []
@@ -261,29 +326,50 @@ def _augmentation(mode: str, name: str, size: int, padding: int | None) -> v2.Tr
     return crop if mode == "crop" else v2.Compose([crop, v2.RandomHorizontalFlip()])
 
 
+def _load_base(name: str, data_cfg: Mapping[str, Any], train: bool = True) -> tuple[Dataset, int]:
+    """The training set (``train=False``: the test set; CIFAR and ImageNet16-120 only) and its class count."""
+    root = Path(data_cfg["root"]).expanduser()  # each loader says what it expected to find there
+    if name in ("cifar10", "cifar100"):
+        return _load_cifar(name, root, bool(data_cfg.get("download")), train=train)
+    if name == "imagenet16-120":
+        return load_imagenet16(root, train=train), IMAGENET16_CLASSES
+    return _load_imagefolder(root, int(data_cfg.get("image_size", 32)))
+
+
+# Number of test images of the datasets whose AutoDL split files select validation images of the test set.
+_TEST_SIZES = {"cifar10": 10000, "cifar100": 10000, "imagenet16-120": 6000}
+
+
 def build_search_data(data_cfg: Mapping[str, Any]) -> SearchData:
-    """The search-train / search-val halves of the training set described by ``data_cfg`` (config ``data``)."""
+    """The search-train / search-val halves of the training set described by ``data_cfg`` (config ``data``):
+    the seeded 50/50 split of ``split_seed``, or the index lists of an AutoDL ``split_file``
+    (:func:`split_from_file`; a test-split file validates on the test set's ``xvalid`` images)."""
     name = data_cfg["name"]
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {DATASETS}")
     if data_cfg.get("download") and name not in ("cifar10", "cifar100"):
         raise DatasetError(f"data.download is only supported for cifar10/cifar100, not {name!r}")
+    split_file = data_cfg.get("split_file")
+    if split_file is not None:
+        load_split_file(split_file)  # a missing or malformed file fails before any dataset is read
     if name == "digits":
         base, num_classes, mean, std = _load_digits()
     else:
         if data_cfg.get("root") is None:
             raise DatasetError(f"data.root is not set: dataset {name!r} needs the folder it is stored in")
-        root = Path(data_cfg["root"]).expanduser()  # each loader says what it expected to find there
         mean, std = _STATS[name]
-        if name in ("cifar10", "cifar100"):
-            base, num_classes = _load_cifar(name, root, bool(data_cfg.get("download")))
-        elif name == "imagenet16-120":
-            base, num_classes = load_imagenet16(root), IMAGENET16_CLASSES
-        else:
-            base, num_classes = _load_imagefolder(root, int(data_cfg.get("image_size", 32)))
+        base, num_classes = _load_base(name, data_cfg)
     image, _ = base[0]
     shape = tuple(image.shape)
     augment = _augmentation(data_cfg.get("augment", "auto"), name, shape[-1], data_cfg.get("crop_padding"))
-    train_idx, val_idx = split_indices(len(base), int(data_cfg.get("split_seed", 0)))
+    val_base = base
+    if split_file is None:
+        train_idx, val_idx = split_indices(len(base), int(data_cfg.get("split_seed", 0)))
+    else:
+        source, train_idx, val_idx = split_from_file(split_file, len(base), _TEST_SIZES.get(name))
+        if source == "test":
+            val_base, _ = _load_base(name, data_cfg, train=False)
+            if len(val_base) != _TEST_SIZES[name]:
+                raise DatasetError(f"the {name} test set has {len(val_base)} images, expected {_TEST_SIZES[name]}")
     return SearchData(train=SearchSplit(base, train_idx, mean, std, augment),
-                      val=SearchSplit(base, val_idx, mean, std), num_classes=num_classes, input_shape=shape)
+                      val=SearchSplit(val_base, val_idx, mean, std), num_classes=num_classes, input_shape=shape)

@@ -110,7 +110,7 @@ class SearchSettings:
     def from_config(cls, search_cfg: Mapping[str, Any]) -> "SearchSettings":
         """Settings from a config's ``search`` section (``max_params``/``max_flops`` are the constraint's)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(search_cfg) - names - {"max_params", "max_flops"})
+        unknown = sorted(set(search_cfg) - names - {"max_params", "max_flops", "crossover", "mutation_genes", "mutation_ops"})
         if unknown:
             raise ValueError(f"unknown search option(s) {unknown}; valid: {sorted(names | {'max_params', 'max_flops'})}")
         return cls(**{k: v for k, v in search_cfg.items() if k in names})

@@ -43,7 +43,7 @@ from genas.cost import CostConstraint, NetworkCost
 from genas.core.io import atomic_write_json, atomic_write_text, load_checkpoint, sha256_of, write_rows_csv
 from genas.core.results import write_result
 from genas.scoring.scorer import check_score_config
-from genas.spaces import SearchSpace, get_space
+from genas.spaces import SearchSpace, get_space, init_checkpoint_path, load_supernet, space_options
 
 __all__ = ["main", "score_rows", "write_scores_csv", "write_rows_csv", "write_best_genotype", "SearchCLIError"]
 
@@ -169,7 +169,7 @@ class _Plan:
     def __init__(self, args: argparse.Namespace):
         self.config_path = args.config
         self.cfg = load_config(args.config, _overrides(args))
-        self.space = get_space(self.cfg["space"])
+        self.space = get_space(self.cfg["space"], **space_options(self.cfg["search"]))
         try:
             self.settings = SearchSettings.from_config(self.cfg["search"])
             check_algorithm(self.space, self.settings)
@@ -187,7 +187,7 @@ class _Plan:
             self.ckpt = args.supernet
         else:
             self.ckpt = self.out / "supernet" / "final.pt"
-        self.init_path = self.ckpt.parent / "init.pt"
+        self.init_path = init_checkpoint_path(self.ckpt)  # init.pt, or a reference checkpoint_epoch_0.pth.tar
         if self.needs_init and not self.trained_here and not self.init_path.is_file():
             raise SearchCLIError(f"metric {self.metric!r} needs the epoch-0 weights {self.init_path} next to "
                                  f"--supernet (written by genas/train_supernet.py as init.pt)")
@@ -201,10 +201,11 @@ class _Plan:
             raise SearchCLIError(f"--device / train.device: {e}") from None
 
 
-def _load_supernet(plan: _Plan, num_classes: int):
-    from genas.train_supernet import load_supernet
+def _load_supernet(plan: _Plan, num_classes: int, path: Path | None = None):
+    """Our checkpoint (its own supernet options) or a reference-layout one (built with the config's supernet
+    section): genas.spaces.load_supernet."""
     try:
-        supernet = load_supernet(plan.ckpt, plan.device)
+        supernet = load_supernet(path or plan.ckpt, plan.space.name, num_classes, **plan.cfg["supernet"]).to(plan.device)
     except (ValueError, RuntimeError, pickle.UnpicklingError) as e:
         raise SearchCLIError(f"cannot load the supernet checkpoint {plan.ckpt}: {e}") from None
     if supernet.space.name != plan.space.name:
@@ -276,7 +277,7 @@ def _run(args: argparse.Namespace, plan: _Plan, info: DistInfo) -> dict[str, Any
     from genas.train_supernet import sampled_path_accuracy
     path_accuracy = (sampled_path_accuracy(supernet, data.train, data.val, plan.device,  # rank 0 reports it
                                            seed=int(plan.cfg["train"]["seed"])) if info.is_main else None)
-    init_state = load_checkpoint(plan.init_path)["model"] if plan.needs_init else None
+    init_state = _load_supernet(plan, data.num_classes, plan.init_path).state_dict() if plan.needs_init else None
 
     from genas.scoring.scorer import ArchScorer
     scorer = ArchScorer(supernet, plan.cfg["score"], data.train, data.val, plan.device, init_state_dict=init_state)

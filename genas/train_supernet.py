@@ -10,7 +10,10 @@ Each step draws one architecture uniformly from the search space and only its pa
 backward (paper Eq. 6); SGD with momentum, per-step cosine learning rate ``lr -> lr_min`` over all steps (the
 reference anneals per epoch; per step is the smooth version of the same curve), weight decay and gradient
 clipping. Parameters off the sampled path get no gradient (``grad is None``), so SGD leaves them, their
-momentum and their weight decay untouched that step.
+momentum and their weight decay untouched that step (``train.zero_grad=zeros`` instead keeps zero gradients,
+as torch 1.x ``zero_grad()`` did in the reference code: every weight seen so far then decays and keeps its
+momentum step). ``train.sampling=per_cell`` (NB201) lets every cell draw its own architecture each step (RLNAS);
+``train.nesterov`` and ``train.grad_clip=0`` (no clipping) give the RLNAS NAS-Bench-201 optimizer.
 
 Multi-GPU: every rank draws the architecture from an identically seeded generator, so all ranks train the
 SAME path on different data shards and DDP's all-reduce averages gradients of one sub-network (an effective
@@ -50,7 +53,7 @@ from genas.core.distributed import (AMP_DTYPES, DistInfo, all_reduce_sum, barrie
 from genas.core.io import CsvLog, atomic_torch_save, atomic_write_text, load_checkpoint
 from genas.spaces import Supernet, build_supernet, get_space
 
-__all__ = ["RunExistsError", "train_step", "train_supernet", "load_supernet", "main"]
+__all__ = ["RunExistsError", "train_step", "train_supernet", "load_supernet", "check_train_config", "main"]
 
 # Settings that may differ between a run and its resumption (they do not change the trained weights).
 RESUMABLE_CHANGES = {"train.device", "train.workers", "train.checkpoint_every_steps", "train.log_every_steps"}
@@ -63,18 +66,22 @@ class RunExistsError(UsageError, FileExistsError):
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
                *forward_args: Any, grad_clip: float, scaler: torch.amp.GradScaler,
-               amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               amp_dtype: torch.dtype | None = None, zero_grad: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step of ``model(images, *forward_args)`` (the supernet gets the arch, a standalone net nothing).
 
+    ``zero_grad="none"``: gradients are reset to None, so weights off the sampled path get no update at all;
+    ``"zeros"``: reset to zero tensors (torch 1.x ``zero_grad()``, the reference), so every weight that was
+    on some earlier path still gets weight decay and a momentum step. ``grad_clip`` 0: no clipping.
     Returns the detached loss and the number of correct predictions as tensors (no device sync).
     """
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=zero_grad == "none")
     with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         logits = model(images, *forward_args)
         loss = F.cross_entropy(logits, labels)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
-    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
     return loss.detach(), (logits.detach().argmax(dim=1) == labels).sum()
@@ -128,8 +135,22 @@ def train_supernet(cfg: Mapping[str, Any], out_dir: str | Path, resume: bool = T
             cleanup_distributed()
 
 
+def check_train_config(cfg: Mapping[str, Any]) -> None:
+    """The checks on the ``train`` section that need no data (run before any file is written)."""
+    tcfg = cfg["train"]
+    if tcfg["sampling"] == "per_cell" and cfg["space"] != "nb201":
+        raise ConfigError(f"train.sampling=per_cell (every cell draws its own architecture, RLNAS NAS-Bench-201) "
+                          f"applies to nb201 only; the {cfg['space']} supernet shares one normal/reduce "
+                          f"architecture across its cells: use train.sampling=shared")
+    if tcfg["grad_clip"] < 0:
+        raise ConfigError(f"train.grad_clip must be >= 0 (0: no clipping), got {tcfg['grad_clip']}")
+    if tcfg["nesterov"] and tcfg["momentum"] <= 0:
+        raise ConfigError("train.nesterov=true needs train.momentum > 0")
+
+
 def _train(cfg: Mapping[str, Any], run_dir: Path, resume: bool, info: DistInfo, show_progress: bool) -> Path:
     tcfg = cfg["train"]
+    check_train_config(cfg)
     last, final, init = run_dir / "last.pt", run_dir / "final.pt", run_dir / "init.pt"
     existing = [p for p in (last, final, init) if p.is_file()]
     if existing and not resume:
@@ -155,7 +176,7 @@ def _train(cfg: Mapping[str, Any], run_dir: Path, resume: bool, info: DistInfo, 
     memory_format = torch.channels_last if tcfg["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=tcfg["lr"], momentum=tcfg["momentum"],
-                                weight_decay=tcfg["weight_decay"])
+                                weight_decay=tcfg["weight_decay"], nesterov=bool(tcfg["nesterov"]))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1),
                                                            eta_min=tcfg["lr_min"])
     amp_dtype = AMP_DTYPES[tcfg["amp"]]
@@ -210,6 +231,7 @@ def _train(cfg: Mapping[str, Any], run_dir: Path, resume: bool, info: DistInfo, 
                 tb.add_scalar(f"train/{key}", row[key], step)
             progress.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['acc']:.3f}", lr=f"{row['lr']:.4f}")
 
+    per_cell = tcfg["sampling"] == "per_cell"
     model.train()
     with tb:
         while step < total_steps:
@@ -219,10 +241,11 @@ def _train(cfg: Mapping[str, Any], run_dir: Path, resume: bool, info: DistInfo, 
             for images, labels in loader:
                 images = images.to(device, non_blocking=True, memory_format=memory_format)
                 labels = labels.to(device, non_blocking=True)
-                arch = space.sample(arch_rng)
+                arch = (space.sample_cells(arch_rng, model.num_search_cells) if per_cell
+                        else space.sample(arch_rng))
                 lr = optimizer.param_groups[0]["lr"]
                 loss, correct = train_step(net, optimizer, images, labels, arch, grad_clip=tcfg["grad_clip"],
-                                           scaler=scaler, amp_dtype=amp_dtype)
+                                           scaler=scaler, amp_dtype=amp_dtype, zero_grad=tcfg["zero_grad"])
                 scheduler.step()
                 step += 1
                 elapsed = time.perf_counter() - started

@@ -36,8 +36,9 @@ def test_file_then_overrides_take_precedence(tmp_path):
 
 
 def test_supernet_section_follows_the_space(tmp_path):
-    assert load_config(None, ["space=darts"])["supernet"] == {"C": 16, "layers": 8}
-    assert load_config(_write(tmp_path, "space: darts\nsupernet: {C: 8}\n"))["supernet"] == {"C": 8, "layers": 8}
+    darts = {"C": 16, "layers": 8, "affine": True, "pool_bn": False}
+    assert load_config(None, ["space=darts"])["supernet"] == darts
+    assert load_config(_write(tmp_path, "space: darts\nsupernet: {C: 8}\n"))["supernet"] == {**darts, "C": 8}
     with pytest.raises(ConfigError, match=r"unknown config key 'supernet.N'.*known keys in 'supernet': C, layers"):
         load_config(None, ["space=darts", "supernet.N=2"])
 
@@ -82,10 +83,10 @@ def test_shipped_supernet_configs_follow_the_paper():
             assert (train["epochs"], train["batch_size"], train["lr"], cfg["supernet"]["C"]) == (250, 64, 0.025, 16)
     digits = cfgs["nb201_digits"]["train"]  # the CPU demo: more, smaller steps on 898 images
     assert (digits["epochs"], digits["batch_size"], digits["lr"], digits["workers"]) == (50, 32, 0.05, 0)
-    assert cfgs["darts_cifar10"]["supernet"] == {"C": 16, "layers": 8}
+    assert cfgs["darts_cifar10"]["supernet"] == {"C": 16, "layers": 8, "affine": True, "pool_bn": False}
     assert cfgs["darts_cifar10"]["score"]["sigmas"] == [1e-5, 5e-5, 1e-4]
     assert cfgs["darts_cifar100"]["score"]["sigmas"] == [1e-3, 3e-3, 6e-3]
     assert cfgs["darts_cifar100"]["search"]["population"] == 50
-    assert cfgs["nb201_cifar10"]["supernet"] == {"C": 16, "N": 5}
+    assert cfgs["nb201_cifar10"]["supernet"] == {"C": 16, "N": 5, "affine": True}
     assert cfgs["nb201_imagenet16"]["data"]["name"] == "imagenet16-120"
     assert cfgs["nb201_digits"]["data"]["name"] == "digits"

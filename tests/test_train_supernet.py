@@ -51,7 +51,7 @@ def test_run_files_schedule_and_log(reference_run):
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())
     init, final = load_checkpoint(run / "init.pt"), load_checkpoint(run / "final.pt")
     assert (init["epoch"], init["step"], final["epoch"], final["step"]) == (0, 0, 2, 2 * STEPS_PER_EPOCH)
-    assert (final["space"], final["supernet"], final["num_classes"]) == ("nb201", {"C": 4, "N": 1}, 10)
+    assert (final["space"], final["supernet"], final["num_classes"]) == ("nb201", {"C": 4, "N": 1, "affine": True}, 10)
     torch.manual_seed(0)  # the trainer seeds with train.seed before building: init.pt is that network
     fresh = build_supernet("nb201", 10, C=4, N=1).state_dict()
     assert all(torch.equal(fresh[k], v) for k, v in init["model"].items())

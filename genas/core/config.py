@@ -21,9 +21,11 @@ __all__ = ["DEFAULTS", "SUPERNET_DEFAULTS", "CHOICES", "ConfigError", "load_conf
 
 # Width/depth kwargs of genas.spaces.build_supernet per space; the "supernet" section is validated against
 # the defaults of the run's space (NB201 and DARTS take different arguments).
+# affine: BN scale/shift in the searched ops (NB201: the cell ops only; RLNAS: false). pool_bn: a BatchNorm after
+# each DARTS pooling op, as in the reference supernet's MixedOp (needed to load its checkpoints).
 SUPERNET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "nb201": {"C": 16, "N": 5},
-    "darts": {"C": 16, "layers": 8},
+    "nb201": {"C": 16, "N": 5, "affine": True},
+    "darts": {"C": 16, "layers": 8, "affine": True, "pool_bn": False},
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -37,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
         "augment": "auto",      # auto | none | crop | crop_flip (auto: crop_flip, digits: crop)
         "crop_padding": None,   # zero padding of the random crop; null: image size // 8 (4 at 32x32)
         "image_size": 32,       # imagefolder only: images are resized and centre-cropped to this size
+        "split_file": None,     # AutoDL split file (cifar-split.txt, cifar100-test-split.txt, ...) instead of split_seed
     },
     "train": {
         "epochs": 250,
@@ -45,7 +48,10 @@ DEFAULTS: dict[str, Any] = {
         "lr_min": 0.001,
         "momentum": 0.9,
         "weight_decay": 5e-4,
-        "grad_clip": 5.0,
+        "grad_clip": 5.0,        # max gradient norm; 0: no clipping (RLNAS NB201)
+        "nesterov": False,       # RLNAS NB201: true
+        "sampling": "shared",    # shared: one arch for every cell | per_cell: each NB201 cell draws its own (RLNAS)
+        "zero_grad": "none",     # none: off-path weights untouched | zeros: torch 1.x zero_grad() (reference)
         "random_labels": False,  # RLNAS: one fixed random label per training example
         "seed": 0,
         "workers": 2,
@@ -62,6 +68,14 @@ DEFAULTS: dict[str, Any] = {
         "gamma": 1.0,
         "noise": "independent",
         "common_random_numbers": True,
+        "fresh_draws": False,     # reference: noise and BN batches from one stream that runs on across candidates
+        "bn_recal": "exact",      # exact: cumulative average | reference: reset to 0/1, momentum-0.1 EMA
+        "loss_mean": "samples",   # samples: mean over images | batches: mean of per-batch means (reference)
+        "val_order": "seeded",    # seeded: validation batches in a seeded order | file: the split's order (reference)
+        "flatness_eps": 0.0,      # added to the flatness denominator (reference: 1e-5)
+        "angle_vector": "compact",  # compact (path weights + one constant per parameter-free op) | reference
+        "gamma_acc": 1.0,         # weight of accuracy in angle+accuracy (paper Table 10)
+        "recalib_batches_acc": None,  # BN batches for the accuracy of accuracy+flatness (null: recalib_batches)
         "positions": "all",
         "direction": "random",
         "recalib_batches": 10,
@@ -87,6 +101,9 @@ DEFAULTS: dict[str, Any] = {
         "max_params": None,
         "max_flops": None,
         "seed": 0,
+        "crossover": None,        # null: the space's own (DARTS per_node, NB201 per_gene) | per_node | per_gene
+        "mutation_genes": "all",  # all | normal (DARTS reference: only the 14 normal-cell genes mutate)
+        "mutation_ops": "all",    # all | no_none (RLNAS NB201: a mutated gene never becomes none)
         # exact: every gene tuple is its own candidate (reference; exhaustive NB201 scores all 15,625)
         # isomorphic: NB201 isomorphic cells share one score (6,466 classes; a speed option)
         "dedupe": "exact",
@@ -106,6 +123,15 @@ CHOICES: dict[str, tuple] = {
     "score.direction": ("random", "hessian"),
     "score.amp": (None, "bf16", "fp16"),
     "search.algorithm": ("evolution", "random", "exhaustive"),
+    "train.sampling": ("shared", "per_cell"),
+    "train.zero_grad": ("none", "zeros"),
+    "score.bn_recal": ("exact", "reference"),
+    "score.loss_mean": ("samples", "batches"),
+    "score.val_order": ("seeded", "file"),
+    "score.angle_vector": ("compact", "reference"),
+    "search.crossover": (None, "per_node", "per_gene"),
+    "search.mutation_genes": ("all", "normal"),
+    "search.mutation_ops": ("all", "no_none"),
     "search.dedupe": ("exact", "isomorphic"),
 }
 

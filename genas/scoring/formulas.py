@@ -11,7 +11,14 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["check_sigmas", "flatness_from_losses", "combined_score", "angle_between"]
+__all__ = ["check_sigmas", "flatness_from_losses", "combined_score", "angle_between", "REFERENCE_GAMMA",
+           "REFERENCE_FLATNESS_EPS"]
+
+#: gamma of Eq. 5 in the published runs (GeNAS README: angle+flatness 16, paper Table 8's best; Table 9's best
+#: for accuracy+flatness is 32). ``score.gamma`` defaults to 1 for every metric; the reference presets set these.
+REFERENCE_GAMMA = {"angle+flatness": 16.0, "accuracy+flatness": 32.0}
+#: The epsilon the reference adds to the flatness denominator (``wlm = 1 / (poor_minima + 1e-5)``).
+REFERENCE_FLATNESS_EPS = 1e-5
 
 
 def check_sigmas(sigmas: Sequence[float]) -> tuple[float, ...]:
@@ -26,15 +33,17 @@ def check_sigmas(sigmas: Sequence[float]) -> tuple[float, ...]:
     return values
 
 
-def flatness_from_losses(losses: Sequence[float], sigmas: Sequence[float], alpha: float = 1.0) -> float:
+def flatness_from_losses(losses: Sequence[float], sigmas: Sequence[float], alpha: float = 1.0,
+                         eps: float = 0.0) -> float:
     """Flatness F of paper Eq. 4 (Eq. 3 when ``alpha == 0``)::
 
-        F = 1 / ( sum_{i=1}^{t-1} |(L_{i+1} - L_i) / (sigma_{i+1} - sigma_i)|  +  alpha * |L_1 / sigma_1| )
+        F = 1 / ( sum_{i=1}^{t-1} |(L_{i+1} - L_i) / (sigma_{i+1} - sigma_i)|  +  alpha * |L_1 / sigma_1|  +  eps )
 
-    ``losses[i]`` is the validation loss with weights perturbed at std ``sigmas[i]``. Unlike the reference
-    code no epsilon is added to the denominator: a denominator of exactly 0 (identical losses, ``alpha=0``)
-    means a perfectly flat curve and returns ``inf``. Non-finite losses raise ``ValueError``; the scorer
-    checks them first and gives such a candidate the worst score.
+    ``losses[i]`` is the validation loss with weights perturbed at std ``sigmas[i]``. By default (``eps=0``),
+    unlike the reference code (``eps=1e-5``, :data:`REFERENCE_FLATNESS_EPS`), no epsilon is added to the
+    denominator: a denominator of exactly 0 (identical losses, ``alpha=0``) means a perfectly flat curve and
+    returns ``inf``. Non-finite losses raise ``ValueError``; the scorer checks them first and gives such a
+    candidate the worst score.
     """
     sig = check_sigmas(sigmas)
     vals = [float(v) for v in losses]
@@ -46,8 +55,10 @@ def flatness_from_losses(losses: Sequence[float], sigmas: Sequence[float], alpha
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     if alpha == 0 and len(sig) < 2:
         raise ValueError("alpha=0 (Eq. 3) needs at least two sigmas: with one sigma the sum is empty")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"score.flatness_eps must be finite and >= 0, got {eps}")
     slopes = sum(abs((vals[i + 1] - vals[i]) / (sig[i + 1] - sig[i])) for i in range(len(sig) - 1))
-    denominator = slopes + alpha * abs(vals[0] / sig[0])
+    denominator = slopes + alpha * abs(vals[0] / sig[0]) + eps
     return math.inf if denominator == 0 else 1.0 / denominator
 
 

@@ -17,6 +17,11 @@ Design (what makes candidates comparable and the evaluation cheap):
   a generator seeded by ``(seed, i, parameter name)``: a parameter shared by two candidates gets the same draw
   in both, so candidates are compared under the same noise. Otherwise the architecture is part of the seed.
   Draws are made on the parameters' device (CPU and CUDA generators give different streams).
+* Reference protocol (options, see the README table "Reference protocol vs defaults"): ``bn_recal="reference"``
+  (reset to 0/1, momentum-0.1 EMA), ``fresh_draws`` (noise from one CPU generator and recalibration batches
+  from one numpy generator, both running on from candidate to candidate as the reference's global RNGs),
+  ``loss_mean="batches"`` (mean of per-batch means) and ``noise="cumulative"``. The reference also draws
+  noise for parameters off the path; they cannot change the path's loss, so only the path is perturbed here.
 * Precision. Losses are evaluated in fp32 unless an autocast dtype is given; the scorer refuses autocast when
   the smallest sigma is below the dtype's resolution at the weights' scale (a 1e-5 perturbation of a weight
   of 0.05 vanishes in bf16, whose spacing there is 2^-12 = 2.4e-4).
@@ -34,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from genas.core.config import DEFAULTS
 from genas.scoring.formulas import check_sigmas
@@ -48,6 +53,8 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 NOISE_MODES = ("independent", "cumulative")
 DIRECTIONS = ("random", "hessian")
+LOSS_MEANS = ("samples", "batches")
+BN_RECAL_MODES = ("exact", "reference")
 
 
 # Defaults are the config's (genas.core.config.DEFAULTS): one place for every default of the suite.
@@ -77,6 +84,8 @@ class PerturbationConfig:
     batched_sigmas: bool = _SCORE_DEFAULTS["batched_sigmas"]
     hessian_iters: int = _SCORE_DEFAULTS["hessian_iters"]
     hessian_tol: float = _SCORE_DEFAULTS["hessian_tol"]
+    fresh_draws: bool = _SCORE_DEFAULTS["fresh_draws"]
+    loss_mean: str = _SCORE_DEFAULTS["loss_mean"]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sigmas", check_sigmas(self.sigmas))
@@ -87,14 +96,39 @@ class PerturbationConfig:
             raise ValueError(f"score.direction must be one of {DIRECTIONS}, got {self.direction!r}")
         if self.hessian_iters < 1:
             raise ValueError(f"hessian_iters must be >= 1, got {self.hessian_iters}")
+        if self.loss_mean not in LOSS_MEANS:
+            raise ValueError(f"score.loss_mean must be one of {LOSS_MEANS}, got {self.loss_mean!r}")
+        if self.fresh_draws and self.common_random_numbers:
+            raise ValueError("score.fresh_draws=true (noise from one stream that runs on across candidates, as the "
+                             "reference) contradicts score.common_random_numbers=true: set it to false")
+        if self.fresh_draws and self.direction == "hessian":
+            raise ValueError("score.fresh_draws applies to random directions only (score.direction=random)")
 
 
-def fixed_batches(dataset: Dataset, num_batches: int | None, batch_size: int, seed: int,
-                  device: torch.device | str, memory_format: torch.memory_format = torch.contiguous_format
-                  ) -> list[Batch]:
+class _Keyed(Dataset):
+    """``dataset[keys[i]]``: integer indices, or ``(index, augmentation seed)`` keys of a ``SearchSplit``."""
+
+    def __init__(self, dataset: Dataset, keys: Sequence):
+        self.dataset, self.keys = dataset, keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.keys[i]]
+
+
+def fixed_batches(dataset: Dataset, num_batches: int | None, batch_size: int, seed: int | np.random.Generator,
+                  device: torch.device | str, memory_format: torch.memory_format = torch.contiguous_format,
+                  shuffle: bool = True) -> list[Batch]:
     """``num_batches`` batches of ``batch_size`` samples drawn once without replacement (seeded) from
     ``dataset``, as tensors on ``device`` in ``memory_format``. ``num_batches=None`` takes the whole dataset
-    (in a seeded order). Fewer samples than asked for give fewer batches (the last may be smaller)."""
+    (in a seeded order). Fewer samples than asked for give fewer batches (the last may be smaller).
+    ``shuffle=False``: the dataset's own order (the reference's validation loader).
+
+    ``seed`` a ``numpy.random.Generator`` (``score.fresh_draws``): the order is drawn from it, and so are the
+    augmentation seeds of an augmented ``SearchSplit`` (fresh random crops, as a shuffled training loader);
+    the generator advances, so each call gives other batches."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if num_batches is not None and num_batches < 1:
@@ -102,10 +136,14 @@ def fixed_batches(dataset: Dataset, num_batches: int | None, batch_size: int, se
     n = len(dataset)
     if n == 0:
         raise ValueError("cannot draw scoring batches from an empty dataset")
-    order = np.random.default_rng(seed).permutation(n)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    order = rng.permutation(n) if shuffle else np.arange(n)
     if num_batches is not None:
         order = order[:num_batches * batch_size]
-    loader = DataLoader(Subset(dataset, order.tolist()), batch_size=batch_size, shuffle=False)
+    keys: list = order.tolist()
+    if isinstance(seed, np.random.Generator) and getattr(dataset, "augment", None) is not None:
+        keys = [(int(i), int(s)) for i, s in zip(order, rng.integers(0, 2**62, size=len(order)))]
+    loader = DataLoader(_Keyed(dataset, keys), batch_size=batch_size, shuffle=False)
     return [(x.to(device).contiguous(memory_format=memory_format), torch.as_tensor(y).long().to(device))
             for x, y in loader]
 
@@ -124,10 +162,15 @@ def _running_stat_bns(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]
 
 @contextlib.contextmanager
 def recalibrated_bn(model: nn.Module, forward: Forward, batches: Sequence[Batch],
-                    amp_dtype: torch.dtype | None = None) -> Iterator[None]:
+                    amp_dtype: torch.dtype | None = None, mode: str = "exact") -> Iterator[None]:
     """Inside the block, BN running statistics are the exact cumulative average over ``batches`` of the
     path run by ``forward``, and ``model`` is in eval mode. On exit every BN buffer and momentum, and the
-    train/eval mode, are restored."""
+    train/eval mode, are restored.
+
+    ``mode="reference"`` (GeNAS ``tester_wlm``): running mean / var reset to 0 / 1, then each batch updates
+    them with the BN's own momentum (0.1): an EMA that still holds 0.9^k of the reset values after k batches."""
+    if mode not in BN_RECAL_MODES:
+        raise ValueError(f"score.bn_recal must be one of {BN_RECAL_MODES}, got {mode!r}")
     bns = _running_stat_bns(model)
     saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
              for m in bns]
@@ -135,7 +178,8 @@ def recalibrated_bn(model: nn.Module, forward: Forward, batches: Sequence[Batch]
     try:
         for m in bns:
             m.reset_running_stats()
-            m.momentum = None  # cumulative moving average: exact statistics of the recalibration batches
+            if mode == "exact":
+                m.momentum = None  # cumulative moving average: exact statistics of the recalibration batches
         model.train()
         with torch.no_grad():
             for x, _ in batches:
@@ -159,16 +203,21 @@ def _num_samples(batches: Sequence[Batch]) -> int:
     return sum(int(y.shape[0]) for _, y in batches)
 
 
-def mean_loss(forward: Forward, batches: Sequence[Batch], amp_dtype: torch.dtype | None = None) -> float:
-    """Mean cross-entropy over all samples of ``batches`` (no gradients; one host sync at the end)."""
+def mean_loss(forward: Forward, batches: Sequence[Batch], amp_dtype: torch.dtype | None = None,
+              loss_mean: str = "samples") -> float:
+    """Mean cross-entropy over all samples of ``batches`` (no gradients; one host sync at the end);
+    ``loss_mean="batches"``: the mean of the per-batch means (the reference; a short last batch weighs as
+    much as a full one)."""
     total = None
     with torch.no_grad():
         for x, y in batches:
             with autocast_context(x.device, amp_dtype):
                 logits = forward(x)
             loss = F.cross_entropy(logits.float(), y, reduction="sum").double()
+            if loss_mean == "batches":
+                loss = loss / y.shape[0]
             total = loss if total is None else total + loss
-    return float(total) / _num_samples(batches)
+    return float(total) / (len(batches) if loss_mean == "batches" else _num_samples(batches))
 
 
 def top1_accuracy(forward: Forward, batches: Sequence[Batch], amp_dtype: torch.dtype | None = None) -> float:
@@ -266,15 +315,18 @@ def _hessian_direction(supernet: Supernet, arch: Arch, params: Sequence[torch.Te
 
 
 def _perturb_in_turn(targets: Sequence[torch.Tensor], originals: Sequence[torch.Tensor], names: Sequence[str],
-                     arch: Arch, cfg: PerturbationConfig, hessian: Sequence[torch.Tensor] | None
-                     ) -> Iterator[int]:
+                     arch: Arch, cfg: PerturbationConfig, hessian: Sequence[torch.Tensor] | None,
+                     generator: torch.Generator | None = None) -> Iterator[int]:
     """Write the perturbation of each sigma in turn into ``targets`` (which start equal to ``originals``);
-    yields the sigma index once ``targets`` hold it."""
+    yields the sigma index once ``targets`` hold it. With ``generator`` (``score.fresh_draws``) every draw
+    comes from that CPU generator, in parameter order, as the reference's ``torch.normal`` calls."""
     previous_sigma = 0.0
     for i, sigma in enumerate(cfg.sigmas):
         for k, (target, start, name) in enumerate(zip(targets, originals, names)):
             if hessian is not None:
                 direction = hessian[k]
+            elif generator is not None:
+                direction = torch.randn(start.shape, generator=generator, dtype=start.dtype).to(start.device)
             else:
                 direction = _standard_normal(start, noise_seed(cfg.seed, i, name,
                                                                None if cfg.common_random_numbers else arch))
@@ -287,7 +339,7 @@ def _perturb_in_turn(targets: Sequence[torch.Tensor], originals: Sequence[torch.
 
 
 def perturbed_losses(supernet: Supernet, arch: Arch, batches: Sequence[Batch], cfg: PerturbationConfig,
-                     amp_dtype: torch.dtype | None = None) -> list[float]:
+                     amp_dtype: torch.dtype | None = None, generator: torch.Generator | None = None) -> list[float]:
     """Validation losses L_1..L_t of ``arch`` with its path parameters perturbed at each sigma of ``cfg``.
 
     Call it with BN already recalibrated and the supernet in eval mode (inside :func:`recalibrated_bn`).
@@ -298,13 +350,15 @@ def perturbed_losses(supernet: Supernet, arch: Arch, batches: Sequence[Batch], c
     params = supernet.path_parameters(arch, cfg.positions)
     originals = [p.detach().clone() for p in params]
     hessian = (_hessian_direction(supernet, arch, params, batches, cfg) if cfg.direction == "hessian" else None)
+    if cfg.fresh_draws and generator is None:
+        raise ValueError("score.fresh_draws needs the scorer's noise generator (pass generator=)")
     if cfg.batched_sigmas:
-        return _batched_losses(supernet, arch, batches, names, originals, cfg, hessian, amp_dtype)
+        return _batched_losses(supernet, arch, batches, names, originals, cfg, hessian, amp_dtype, generator)
     losses = []
     try:
         with torch.no_grad():
-            for _ in _perturb_in_turn(params, originals, names, arch, cfg, hessian):
-                losses.append(mean_loss(lambda x: supernet(x, arch), batches, amp_dtype))
+            for _ in _perturb_in_turn(params, originals, names, arch, cfg, hessian, generator):
+                losses.append(mean_loss(lambda x: supernet(x, arch), batches, amp_dtype, cfg.loss_mean))
     finally:
         with torch.no_grad():
             for p, start in zip(params, originals):
@@ -314,13 +368,14 @@ def perturbed_losses(supernet: Supernet, arch: Arch, batches: Sequence[Batch], c
 
 def _batched_losses(supernet: Supernet, arch: Arch, batches: Sequence[Batch], names: Sequence[str],
                     originals: Sequence[torch.Tensor], cfg: PerturbationConfig,
-                    hessian: Sequence[torch.Tensor] | None, amp_dtype: torch.dtype | None) -> list[float]:
+                    hessian: Sequence[torch.Tensor] | None, amp_dtype: torch.dtype | None,
+                    generator: torch.Generator | None = None) -> list[float]:
     """The t perturbed parameter sets stacked along a new leading dim and evaluated together with
     ``torch.func.vmap`` over ``functional_call``: one pass over the batches, the supernet never modified."""
     with torch.no_grad():
         targets = [start.clone() for start in originals]
         per_sigma = [[t.clone() for t in targets]
-                     for _ in _perturb_in_turn(targets, originals, names, arch, cfg, hessian)]
+                     for _ in _perturb_in_turn(targets, originals, names, arch, cfg, hessian, generator)]
         # NCHW throughout: vmap has no batching rule for the as_strided_ of channels_last adaptive pooling
         params_by_name = {name: torch.stack([v.contiguous() for v in values])
                           for name, values in zip(names, zip(*per_sigma))}
@@ -335,5 +390,7 @@ def _batched_losses(supernet: Supernet, arch: Arch, batches: Sequence[Batch], na
         for x, y in batches:
             with autocast_context(x.device, amp_dtype):
                 losses = batched(params_by_name, x.contiguous(), y).double()
+            if cfg.loss_mean == "batches":
+                losses = losses / y.shape[0]
             total = losses if total is None else total + losses
-    return (total / _num_samples(batches)).tolist()
+    return (total / (len(batches) if cfg.loss_mean == "batches" else _num_samples(batches))).tolist()

@@ -8,7 +8,7 @@ Metrics (``score.metric``), higher is better:
 ``flatness``           F of Eq. 4 (alpha = 0: Eq. 3)
 ``angle+flatness``     angle / pi + gamma * F / sigma_1 (Eq. 5)
 ``accuracy+flatness``  accuracy + gamma * F / sigma_1 (Eq. 5)
-``angle+accuracy``     angle / pi + accuracy (both in [0, 1], summed with weight 1)
+``angle+accuracy``     angle / pi + gamma_acc * accuracy (both in [0, 1]; score.gamma_acc, default 1)
 ``naswot``             NASWOT log-det of the path's ReLU-code kernel (:mod:`genas.scoring.proxies`)
 ``synflow``            ln of the path's SynFlow (float64, absolute weights, BN as identity)
 ``naswot+flatness``    naswot / ref + gamma * F / sigma_1 (Eq. 5 with S = the normalised proxy)
@@ -33,6 +33,10 @@ constants only through their total squared norm (equal entries in both vectors),
 what it weighs in RLNAS, C being the channels of its edge.
 A stride-2 DARTS ``skip_connect`` is a FactorizedReduce with weights: the DARTS supernet reports it as
 ``factorized_reduce``, so it adds its weights and no constant.
+
+``score.angle_vector=reference`` uses instead the reference code's vector (the supernets'
+``reference_angle_vector``: per-channel pooling and identity constants, shared edges repeated once per path,
+GeNAS's dil_conv quirk, no DARTS classifier bias; NB201 conv weights only).
 
 A non-finite perturbed loss gives the candidate the worst score (-inf) and ``finite: False``; the scorer
 counts such candidates in :attr:`ArchScorer.num_nonfinite` and warns with the count, so a search never
@@ -67,6 +71,8 @@ PROXY_REFERENCE_ARCHS = 8
 # Result key of each proxy's raw value (synflow is kept as its natural log).
 PROXY_COLUMNS = {"naswot": "naswot", "synflow": "log_synflow"}
 
+ANGLE_VECTORS = ("compact", "reference")
+
 # Constants of parameter-free ops in the angle vector (see the module docstring).
 PARAMETER_FREE_CONSTANTS: dict[str, tuple[float, ...]] = {
     "avg_pool_3x3": (1.0 / 9.0,) * 9,
@@ -97,7 +103,24 @@ def _score_config(score_cfg: Mapping[str, Any]) -> dict[str, Any]:
     if cfg["metric"] not in METRICS:
         raise ValueError(f"score.metric must be one of {METRICS}, got {cfg['metric']!r}")
     amp_dtype(cfg["amp"], "score.amp")
+    _check_reference_options(cfg)
     return cfg
+
+
+def _check_reference_options(cfg: Mapping[str, Any]) -> None:
+    """The options of the reference protocol (README "Reference protocol vs defaults")."""
+    for key, allowed in (("bn_recal", ("exact", "reference")), ("angle_vector", ANGLE_VECTORS),
+                         ("val_order", ("seeded", "file"))):
+        if cfg[key] not in allowed:
+            raise ValueError(f"score.{key} must be one of {allowed}, got {cfg[key]!r}")
+    if not (isinstance(cfg["gamma_acc"], (int, float)) and math.isfinite(cfg["gamma_acc"])):
+        raise ValueError(f"score.gamma_acc must be a finite number, got {cfg['gamma_acc']!r}")
+    acc = cfg["recalib_batches_acc"]
+    if acc is not None and (isinstance(acc, bool) or not isinstance(acc, int) or acc < 1):
+        raise ValueError(f"score.recalib_batches_acc must be null or an int >= 1, got {acc!r}")
+    eps = cfg["flatness_eps"]
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"score.flatness_eps must be a number >= 0, got {eps!r}")
 
 
 def perturbation_config(cfg: Mapping[str, Any]) -> PerturbationConfig:
@@ -107,7 +130,7 @@ def perturbation_config(cfg: Mapping[str, Any]) -> PerturbationConfig:
         common_random_numbers=bool(cfg["common_random_numbers"]), positions=cfg["positions"],
         direction=cfg["direction"], seed=int(cfg["seed"]),
         batched_sigmas=bool(cfg["batched_sigmas"]), hessian_iters=int(cfg["hessian_iters"]),
-        hessian_tol=float(cfg["hessian_tol"]))
+        hessian_tol=float(cfg["hessian_tol"]), fresh_draws=bool(cfg["fresh_draws"]), loss_mean=cfg["loss_mean"])
 
 
 def check_score_config(score_cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -163,7 +186,22 @@ class ArchScorer:
                                                  int(self.cfg["batch_size_recalib"]), seed, self.device,
                                                  self.memory_format)
             self.val_batches = fixed_batches(val_data, self.cfg["eval_batches"], int(self.cfg["eval_batch_size"]),
-                                             seed + 1, self.device, self.memory_format)
+                                             seed + 1, self.device, self.memory_format,
+                                             shuffle=self.cfg["val_order"] == "seeded")
+        # score.fresh_draws (reference): recalibration batches and noise come from streams seeded once that run
+        # on across candidates, so a score depends on the evaluation order
+        self.train_data = train_data
+        self._batch_rng = np.random.default_rng(int(self.cfg["seed"]))
+        self._noise_generator = torch.Generator().manual_seed(int(self.cfg["seed"]))
+        self.acc_recalib_batches = None  # accuracy+flatness: the accuracy's own recalibration (reference: 15,000 images)
+        if self.uses_accuracy and self.uses_flatness and self.cfg["recalib_batches_acc"] is not None:
+            self.acc_recalib_batches = fixed_batches(train_data, self.cfg["recalib_batches_acc"],
+                                                     int(self.cfg["batch_size_recalib"]), int(self.cfg["seed"]) + 2,
+                                                     self.device, self.memory_format)
+        if self.uses_angle and self.cfg["angle_vector"] == "reference" and not hasattr(supernet,
+                                                                                     "reference_angle_vector"):
+            raise ValueError(f"score.angle_vector=reference: the {supernet.space.name} supernet has no reference "
+                             f"angle vector")
         self.num_nonfinite = 0
         self.proxy_reference = self._proxy_reference() if self.proxy and self.uses_flatness else None
 
@@ -180,7 +218,15 @@ class ArchScorer:
                              f"{rms:.3g} move in steps of ~{resolution:.3g} in {self.amp_dtype}; use score.amp=null")
 
     def angle(self, arch: Arch) -> float:
-        """Angle (radians) between the path's weight vectors at epoch 0 and now (RLNAS convention)."""
+        """Angle (radians) between the path's weight vectors at epoch 0 and now (RLNAS convention).
+        ``score.angle_vector=reference``: the reference code's vector (the supernet's ``reference_angle_vector``;
+        0 where it is empty, as RLNAS NB201 scores an architecture whose every path has a ``none`` edge)."""
+        if self.cfg["angle_vector"] == "reference":
+            init = self.supernet.reference_angle_vector(self.init_state_dict, arch)
+            if init is None:
+                return 0.0
+            return angle_between(init, self.supernet.reference_angle_vector(dict(self.supernet.named_parameters()),
+                                                                            arch))
         names = self.supernet.path_parameter_names(arch, "all")
         op_names = self.supernet.path_op_names(arch)
         init = path_weight_vector(self.init_state_dict, names, op_names)
@@ -237,12 +283,19 @@ class ArchScorer:
             def forward(x: torch.Tensor) -> torch.Tensor:
                 return self.supernet(x, arch)
 
-            with recalibrated_bn(self.supernet, forward, self.recalib_batches, self.amp_dtype):
-                if self.uses_accuracy:
+            mode = self.cfg["bn_recal"]
+            generator = self._noise_generator if self.perturbation.fresh_draws else None
+            if self.acc_recalib_batches is not None:
+                with recalibrated_bn(self.supernet, forward, self._recalibration(self.acc_recalib_batches),
+                                     self.amp_dtype, mode):
+                    result["accuracy"] = top1_accuracy(forward, self.val_batches, self.amp_dtype)
+            with recalibrated_bn(self.supernet, forward, self._recalibration(self.recalib_batches), self.amp_dtype,
+                                 mode):
+                if self.uses_accuracy and self.acc_recalib_batches is None:
                     result["accuracy"] = top1_accuracy(forward, self.val_batches, self.amp_dtype)
                 if self.uses_flatness:
                     result["losses"] = perturbed_losses(self.supernet, arch, self.val_batches, self.perturbation,
-                                                        self.amp_dtype)
+                                                        self.amp_dtype, generator)
         result["seconds"] = time.perf_counter() - start
         if result["losses"] is not None and not all(math.isfinite(v) for v in result["losses"]):
             self.num_nonfinite += 1
@@ -254,18 +307,28 @@ class ArchScorer:
         result["score"] = self._combine(result)
         return result
 
+    def _recalibration(self, fixed: list) -> list:
+        """The BN batches of one candidate: ``fixed`` (default), or with ``score.fresh_draws`` as many new
+        batches drawn from the scorer's running stream (new images and random crops for each candidate)."""
+        if not self.perturbation.fresh_draws:
+            return fixed
+        return fixed_batches(self.train_data, len(fixed), int(self.cfg["batch_size_recalib"]), self._batch_rng,
+                             self.device, self.memory_format)
+
     def _combine(self, result: dict[str, Any]) -> float:
         sigmas, base = self.perturbation.sigmas, 0.0
         if self.uses_angle:
             base += result["angle"] / math.pi
         if self.uses_accuracy:
-            base += result["accuracy"]
+            # angle+accuracy weighs accuracy by score.gamma_acc (paper Table 10); elsewhere it weighs 1
+            base += (float(self.cfg["gamma_acc"]) if self.uses_angle else 1.0) * result["accuracy"]
         if self.proxy:
             value = result[PROXY_COLUMNS[self.proxy]]
             base += self.normalised_proxy(value) if self.uses_flatness else value
         if not self.uses_flatness:
             return base
-        result["flatness"] = flatness_from_losses(result["losses"], sigmas, float(self.cfg["alpha"]))
+        result["flatness"] = flatness_from_losses(result["losses"], sigmas, float(self.cfg["alpha"]),
+                                                  float(self.cfg["flatness_eps"]))
         if self.uses_angle or self.uses_accuracy or self.proxy:
             return combined_score(base, result["flatness"], float(self.cfg["gamma"]), sigmas[0])
         return result["flatness"]

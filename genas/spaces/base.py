@@ -15,9 +15,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from genas.core.errors import UsageError
+
 Arch = tuple  # tuple[int, ...]
 
-__all__ = ["Arch", "SearchSpace", "Supernet"]
+__all__ = ["Arch", "SearchSpace", "Supernet", "SpaceOptionError", "LayoutError"]
+
+
+class SpaceOptionError(UsageError):
+    """A search-space or supernet option that does not exist or does not apply to the space."""
+
+
+class LayoutError(UsageError):
+    """A checkpoint whose tensors do not fit the supernet (names the first missing / unexpected keys)."""
 
 
 class SearchSpace(abc.ABC):

@@ -6,12 +6,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from genas.spaces.base import Arch, SearchSpace
+from genas.spaces.base import Arch, SearchSpace, SpaceOptionError
 from genas.spaces.darts.genotype import (CELL_TYPES, EDGES_PER_CELL, NODE_EDGES, NUM_GENES, NUM_NODES, PRIMITIVES,
                                          _check_ints, decode, encode, format_genotype, genotype_to_json)
 from genas.spaces.darts.published import parse_genotype
 
-__all__ = ["DartsSpace", "repair"]
+__all__ = ["DartsSpace", "repair", "CROSSOVERS", "MUTATION_GENES", "MUTATION_OPS"]
+
+CROSSOVERS = ("per_node", "per_gene")
+MUTATION_GENES = ("all", "normal")
+MUTATION_OPS = ("all", "no_none")
 
 
 def _edges_of(cell_index: int, node: int) -> list[int]:
@@ -61,6 +65,17 @@ class DartsSpace(SearchSpace):
     """
 
     name = "darts"
+    crossover_mode, mutation_genes, mutation_ops = "per_node", "all", "all"  # defaults of __init__
+
+    def __init__(self, crossover: str | None = None, mutation_genes: str = "all", mutation_ops: str = "all"):
+        crossover = "per_node" if crossover is None else crossover
+        if crossover not in CROSSOVERS:
+            raise SpaceOptionError(f"search.crossover must be one of {CROSSOVERS} for darts, got {crossover!r}")
+        if mutation_genes not in MUTATION_GENES:
+            raise SpaceOptionError(f"search.mutation_genes must be one of {MUTATION_GENES}, got {mutation_genes!r}")
+        if mutation_ops not in MUTATION_OPS:
+            raise SpaceOptionError(f"search.mutation_ops must be one of {MUTATION_OPS}, got {mutation_ops!r}")
+        self.crossover_mode, self.mutation_genes, self.mutation_ops = crossover, mutation_genes, mutation_ops
 
     @property
     def num_genes(self) -> int:
@@ -81,18 +96,29 @@ class DartsSpace(SearchSpace):
 
     def mutate(self, arch: Arch, prob: float, rng: np.random.Generator) -> Arch:
         """Each of the 28 edges (normal AND reduce) is re-drawn uniformly over all 8 ops (``none`` included)
-        with probability ``prob``; then :func:`repair` restores 2 edges per node."""
+        with probability ``prob``; then :func:`repair` restores 2 edges per node. With
+        ``mutation_genes="normal"`` only the 14 normal-cell genes can change (the reference code's loop, which
+        produced the published cells); with ``mutation_ops="no_none"`` a re-drawn gene is never ``none``."""
         genes = list(self.validate(arch))
         redraw = rng.random(NUM_GENES) < prob
-        new = rng.integers(0, len(PRIMITIVES), size=NUM_GENES)
+        if self.mutation_genes == "normal":
+            redraw[EDGES_PER_CELL:] = False
+        low = 1 if self.mutation_ops == "no_none" else 0
+        new = rng.integers(low, len(PRIMITIVES), size=NUM_GENES)
         genes = [int(n) if r else g for g, r, n in zip(genes, redraw, new)]
         return repair(genes, rng)
 
     def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
         """Uniform crossover with the node as the unit: each of the 8 nodes (4 normal, 4 reduce) takes all of
         its edges from one parent chosen with probability 1/2. A node's two kept edges stay together, so the
-        child is valid with no repair and every child node exists in a parent."""
+        child is valid with no repair and every child node exists in a parent.
+
+        ``crossover="per_gene"`` (the reference): each of the 28 genes comes from either parent with
+        probability 1/2, then :func:`repair` restores 2 edges per node."""
         a, b = self.validate(a), self.validate(b)
+        if self.crossover_mode == "per_gene":
+            from_a = rng.random(NUM_GENES) < 0.5
+            return repair([x if take_a else y for x, y, take_a in zip(a, b, from_a)], rng)
         child = list(a)
         for c in range(len(CELL_TYPES)):
             for node in range(NUM_NODES):

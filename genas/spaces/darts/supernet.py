@@ -10,6 +10,9 @@ and the flatness and angle scores of the paper perturb / compare BN affine param
 """
 from __future__ import annotations
 
+import re
+from typing import Mapping
+
 import torch
 from torch import nn
 
@@ -22,6 +25,18 @@ from genas.spaces.ops import ReLUConvBN
 __all__ = ["DartsSupernet", "SupernetCell"]
 
 CANDIDATES: tuple[str, ...] = PRIMITIVES[1:]  # 'none' = edge absent
+POOLS = ("max_pool_3x3", "avg_pool_3x3")
+
+# Paths of the reference angle vector (GeNAS evolution_search config.paths): every path from an input node
+# (0, 1) through increasing intermediate nodes (2..5) to each intermediate node, in the reference's order.
+REFERENCE_ANGLE_PATHS: tuple[tuple[int, ...], ...] = (
+    (0, 2, 3, 4, 5), (0, 2, 3, 5), (0, 2, 4, 5), (0, 2, 5), (0, 3, 4, 5), (0, 3, 5), (0, 4, 5), (0, 5),
+    (1, 2, 3, 4, 5), (1, 2, 3, 5), (1, 2, 4, 5), (1, 2, 5), (1, 3, 4, 5), (1, 3, 5), (1, 4, 5), (1, 5),
+    (0, 2, 3, 4), (0, 2, 4), (0, 3, 4), (0, 4), (1, 2, 3, 4), (1, 2, 4), (1, 3, 4), (1, 4),
+    (0, 2, 3), (0, 3), (1, 2, 3), (1, 3), (0, 2), (1, 2))
+_NODE_OFFSET = {2: 0, 3: 2, 4: 5, 5: 9}  # edge index of input k -> node j is k + offset(j)
+# Reference supernet keys of an edge op: cells.K._ops.EDGE._ops.PRIMITIVE_INDEX.rest
+_REFERENCE_OP_KEY = re.compile(r"^(cells\.\d+)\._ops\.(\d+)\._ops\.(\d+)\.(.+)$")
 
 
 def _param_names(module: nn.Module, prefix: str) -> list[str]:
@@ -35,14 +50,22 @@ class SupernetCell(nn.Module):
     """One DARTS cell holding every candidate op on each of its 14 edges (``edges.K.<op_name>``)."""
 
     def __init__(self, C_prev_prev: int, C_prev: int, C: int, reduction: bool, reduction_prev: bool,
-                 affine: bool):
+                 affine: bool, pool_bn: bool = False):
         super().__init__()
         self.reduction = reduction
+        self.channels = C
         self.preprocess0 = (FactorizedReduce(C_prev_prev, C, affine=affine) if reduction_prev
                             else ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=affine))
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=affine)
+
+        def make(op: str, stride: int) -> nn.Module:
+            module = OPS[op](C, stride, affine)
+            if pool_bn and op in POOLS:  # the reference MixedOp: pooling -> BatchNorm
+                module = nn.Sequential(module, nn.BatchNorm2d(C, affine=affine))
+            return module
+
         self.edges = nn.ModuleList(
-            nn.ModuleDict({op: OPS[op](C, 2 if reduction and inp < 2 else 1, affine) for op in CANDIDATES})
+            nn.ModuleDict({op: make(op, 2 if reduction and inp < 2 else 1) for op in CANDIDATES})
             for inp in EDGE_INPUT)
 
     @staticmethod
@@ -74,8 +97,9 @@ class DartsSupernet(Supernet):
     """
 
     def __init__(self, num_classes: int, C: int = 16, layers: int = 8, stem_multiplier: int = 3,
-                 affine: bool = True, in_chans: int = 3):
+                 affine: bool = True, in_chans: int = 3, pool_bn: bool = False):
         super().__init__()
+        self.pool_bn = pool_bn
         if layers < 3:
             raise ValueError(f"layers must be >= 3 (two reduction cells at layers//3 and 2*layers//3), got {layers}")
         self.space = DartsSpace()
@@ -89,7 +113,7 @@ class DartsSupernet(Supernet):
             reduction = i in self.reduction_layers
             if reduction:
                 C_curr *= 2
-            cells.append(SupernetCell(C_prev_prev, C_prev, C_curr, reduction, reduction_prev, affine))
+            cells.append(SupernetCell(C_prev_prev, C_prev, C_curr, reduction, reduction_prev, affine, pool_bn))
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, len(CONCAT) * C_curr
         self.cells = nn.ModuleList(cells)
@@ -125,3 +149,81 @@ class DartsSupernet(Supernet):
         return [STRIDED_SKIP if cell.reduction and i < 2 and op == "skip_connect" else op
                 for cell in self.cells for node in cell.active(reduce if cell.reduction else normal)
                 for _, i, op in node]
+
+    # ------------------------------------------------------------------------------------------------
+    # Interop with the reference supernet (GeNAS / RLNAS super_model.Network) and its angle vector
+    # ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def convert_reference_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Reference keys ``cells.K._ops.E._ops.IDX.rest`` (IDX into the 8 PRIMITIVES) as this supernet's
+        ``cells.K.edges.E.<op name>.rest``; every other key (stem, preprocess, classifier) is named alike.
+        A pooling op's BN (``_ops.1.1.*`` / ``_ops.2.1.*``) lands in ``edges.E.<pool>.1.*``, which exists with
+        ``pool_bn=True`` only."""
+        out = {}
+        for name, tensor in state.items():
+            match = _REFERENCE_OP_KEY.match(name)
+            if match is not None and int(match[3]) < len(PRIMITIVES):
+                name = f"{match[1]}.edges.{match[2]}.{PRIMITIVES[int(match[3])]}.{match[4]}"
+            out[name] = tensor
+        return out
+
+    @staticmethod
+    def is_reference_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
+        return any(_REFERENCE_OP_KEY.match(k) for k in state)
+
+    def reference_angle_vector(self, weights: Mapping[str, torch.Tensor], arch: Arch) -> torch.Tensor:
+        """The reference DARTS angle vector (GeNAS ``cand_evaluator.get_arch_vector``) of ``arch`` from
+        ``weights`` (names of this supernet), float64 on the CPU.
+
+        Per cell, for each of the 30 :data:`REFERENCE_ANGLE_PATHS` without a ``none`` edge, the weights of
+        its edges (an edge shared by several paths is repeated once per path): pooling = a C x 3 x 3 kernel of
+        1/9 plus its pool-BN scale and shift (with ``pool_bn``); a stride-1 skip = ``eye(C)``; a stride-2 skip
+        = its FactorizedReduce weights and BN; sep_conv = its 4 convs, then its 2 BNs' scale and shift;
+        dil_conv = its 2 convs, then its BN scale twice (the reference's quirk: the shift never appears).
+        Then the stem conv and BN, each cell's preprocess0/1 (conv + BN scale/shift) and the classifier weight
+        (no bias). Entries absent from this supernet (BN scale/shift with ``affine=False``) are left out.
+        """
+        normal, reduce = self._cell_genes(arch)
+
+        def w(*names: str) -> list[torch.Tensor]:
+            return [weights[n].detach().reshape(-1).to("cpu", torch.float64) for n in names if n in weights]
+
+        def preprocess(prefix: str, module: nn.Module) -> list[torch.Tensor]:
+            if isinstance(module, FactorizedReduce):
+                return w(f"{prefix}.conv_1.weight", f"{prefix}.conv_2.weight", f"{prefix}.bn.weight",
+                         f"{prefix}.bn.bias")
+            return w(f"{prefix}.op.1.weight", f"{prefix}.op.2.weight", f"{prefix}.op.2.bias")
+
+        cell_parts: list[torch.Tensor] = []
+        extra = w("stem.0.weight", "stem.1.weight", "stem.1.bias")
+        for k, cell in enumerate(self.cells):
+            genes = reduce if cell.reduction else normal
+            extra += preprocess(f"cells.{k}.preprocess0", cell.preprocess0)
+            extra += preprocess(f"cells.{k}.preprocess1", cell.preprocess1)
+            C = cell.channels
+            for path in REFERENCE_ANGLE_PATHS:
+                pieces: list[torch.Tensor] = []
+                for src, node in zip(path, path[1:]):
+                    edge = src + _NODE_OFFSET[node]
+                    op = PRIMITIVES[genes[edge]]
+                    p = f"cells.{k}.edges.{edge}.{op}"
+                    if op == "none":
+                        pieces = []
+                        break
+                    if op in POOLS:
+                        pieces += [torch.full((C * 9,), 1.0 / 9.0, dtype=torch.float64),
+                                   *w(f"{p}.1.weight", f"{p}.1.bias")]
+                    elif op == "skip_connect":
+                        if isinstance(cell.edges[edge][op], FactorizedReduce):
+                            pieces += preprocess(p, cell.edges[edge][op])
+                        else:
+                            pieces.append(torch.eye(C, dtype=torch.float64).reshape(-1))
+                    elif op.startswith("sep_conv"):
+                        pieces += w(*(f"{p}.op.{i}.weight" for i in (1, 2, 5, 6)))
+                        pieces += w(f"{p}.op.3.weight", f"{p}.op.3.bias", f"{p}.op.7.weight", f"{p}.op.7.bias")
+                    else:  # dil_conv
+                        pieces += w(f"{p}.op.1.weight", f"{p}.op.2.weight")
+                        pieces += w(f"{p}.op.3.weight", f"{p}.op.3.weight")
+                cell_parts += pieces
+        extra += w("classifier.weight")
+        return torch.cat(cell_parts + extra)

@@ -33,16 +33,17 @@ class ResNetBasicBlock(nn.Module):
         return self.downsample(x) + self.conv_b(self.conv_a(x))
 
 
-def make_op(name: str, channels: int) -> nn.Module:
-    """The cell operation ``name`` at ``channels`` channels, stride 1 (NB201 cells never change the shape)."""
+def make_op(name: str, channels: int, affine: bool = True) -> nn.Module:
+    """The cell operation ``name`` at ``channels`` channels, stride 1 (NB201 cells never change the shape).
+    ``affine``: whether the conv ops' BN has a scale and shift (the RLNAS supernet: ``False``)."""
     if name == "none":
         return Zero()
     if name == "skip_connect":
         return nn.Identity()
     if name == "nor_conv_1x1":
-        return ReLUConvBN(channels, channels, 1)
+        return ReLUConvBN(channels, channels, 1, affine=affine)
     if name == "nor_conv_3x3":
-        return ReLUConvBN(channels, channels, 3)
+        return ReLUConvBN(channels, channels, 3, affine=affine)
     if name == "avg_pool_3x3":
         return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
     raise ValueError(f"unknown NAS-Bench-201 op {name!r}; choose one of {OP_NAMES}")

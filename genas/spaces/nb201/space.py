@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from genas.spaces.base import Arch, SearchSpace
+from genas.spaces.base import Arch, SearchSpace, SpaceOptionError
 from genas.spaces.nb201.ops import OP_NAMES
 
 __all__ = [
@@ -151,10 +151,32 @@ def unique_archs() -> tuple[Arch, ...]:
     return tuple(first.values())
 
 
+CROSSOVERS = ("per_gene", "per_node")
+MUTATION_OPS = ("all", "no_none")
+
+
 class NB201Space(SearchSpace):
-    """NAS-Bench-201 genes: 6 edges x 5 ops; SPOS-style sampling, mutation and crossover."""
+    """NAS-Bench-201 genes: 6 edges x 5 ops; SPOS-style sampling, mutation and crossover.
+
+    Options (the config's ``search`` section, see :func:`genas.spaces.get_space`): ``crossover`` ``per_gene``
+    (default, as RLNAS) or ``per_node`` (each node takes all its incoming edges from one parent);
+    ``mutation_ops`` ``all`` (default: a mutated gene is drawn over all 5 ops) or ``no_none`` (RLNAS: over the 4
+    ops other than ``none``); ``mutation_genes`` only ``all`` (NB201 has one cell type).
+    """
 
     name = "nb201"
+    crossover_mode, mutation_ops, mutation_genes = "per_gene", "all", "all"  # defaults of __init__
+
+    def __init__(self, crossover: str | None = None, mutation_ops: str = "all", mutation_genes: str = "all"):
+        crossover = "per_gene" if crossover is None else crossover
+        if crossover not in CROSSOVERS:
+            raise SpaceOptionError(f"search.crossover must be one of {CROSSOVERS} for nb201, got {crossover!r}")
+        if mutation_ops not in MUTATION_OPS:
+            raise SpaceOptionError(f"search.mutation_ops must be one of {MUTATION_OPS}, got {mutation_ops!r}")
+        if mutation_genes != "all":
+            raise SpaceOptionError(f"search.mutation_genes={mutation_genes!r} is a DARTS option (normal-cell genes "
+                                   f"only); NB201 has one cell type: use 'all'")
+        self.crossover_mode, self.mutation_ops, self.mutation_genes = crossover, mutation_ops, mutation_genes
 
     @property
     def num_genes(self) -> int:
@@ -166,18 +188,44 @@ class NB201Space(SearchSpace):
     def sample(self, rng: np.random.Generator) -> Arch:
         return tuple(int(g) for g in rng.integers(0, len(OP_NAMES), size=len(EDGES)))
 
+    def sample_cells(self, rng: np.random.Generator, num_cells: int) -> tuple[Arch, ...]:
+        """RLNAS training sampler (``train.sampling=per_cell``): every cell draws its own architecture, node by
+        node: the ops of a node's incoming edges are drawn uniformly over the 5 ops, all of them again while
+        every one is ``none`` (so each node has a non-``none`` input; node 1's single edge is never ``none``)."""
+        cells = []
+        for _ in range(num_cells):
+            genes = [0] * len(EDGES)
+            for node in range(1, NUM_NODES):
+                positions = [k for k, (target, _) in enumerate(EDGES) if target == node]
+                while True:
+                    ops = rng.integers(0, len(OP_NAMES), size=len(positions))
+                    if ops.any():
+                        break
+                for k, op in zip(positions, ops):
+                    genes[k] = int(op)
+            cells.append(tuple(genes))
+        return tuple(cells)
+
     def mutate(self, arch: Arch, prob: float, rng: np.random.Generator) -> Arch:
-        """Each gene is re-drawn uniformly (possibly to the same op, as in SPOS) with probability ``prob``."""
+        """Each gene is re-drawn uniformly (possibly to the same op, as in SPOS) with probability ``prob``:
+        over all 5 ops, or with ``mutation_ops="no_none"`` over the 4 that are not ``none`` (RLNAS)."""
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"mutation probability must be in [0, 1], got {prob}")
         arch = validate_arch(arch)
         redraw = rng.random(len(EDGES)) < prob
-        fresh = rng.integers(0, len(OP_NAMES), size=len(EDGES))
+        low = 1 if self.mutation_ops == "no_none" else 0
+        fresh = rng.integers(low, len(OP_NAMES), size=len(EDGES))
         return tuple(int(f) if r else g for g, r, f in zip(arch, redraw, fresh))
 
     def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
+        """Uniform crossover: per gene (default, RLNAS), or with ``crossover="per_node"`` per node (a node's
+        incoming edges all come from one parent, each parent with probability 1/2)."""
         a, b = validate_arch(a), validate_arch(b)
-        from_a = rng.random(len(EDGES)) < 0.5
+        if self.crossover_mode == "per_node":
+            node_from_a = rng.random(NUM_NODES - 1) < 0.5
+            from_a = [node_from_a[target - 1] for target, _ in EDGES]
+        else:
+            from_a = rng.random(len(EDGES)) < 0.5
         return tuple(x if take_a else y for x, y, take_a in zip(a, b, from_a))
 
     def key(self, arch: Arch) -> str:
