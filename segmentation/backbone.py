@@ -1,8 +1,9 @@
 """An MMSegmentation backbone made of any timm model from ``backbones/`` (the GeNAS / DARTS cells included).
 
 :class:`GeNASBackbone` is MMSeg's own ``TIMMBackbone`` (timm ``features_only``) plus what the DeepLabv3 recipe
-needs from a backbone: the ImageNet weights file, ``frozen_stages`` and ``norm_eval``, and one clear error for a
-wrong model name or a missing weights file. Configs load it with
+needs from a backbone: the ImageNet weights file, ``frozen_stages`` (MMSeg's convention, mapped onto the suite's one
+freezing rule, :mod:`backbones.freeze`) and ``norm_eval``, ``channels_last``, and one clear error for a wrong model
+name (:func:`backbones.names.check_model_name`) or a missing weights file. Configs load it with
 ``custom_imports = dict(imports=['segmentation.backbone'])`` and ``backbone=dict(type='GeNASBackbone', ...)``.
 
 How the DeepLabv3 head sees the features (no dilation)
@@ -27,35 +28,24 @@ Input normalisation: the GeNAS / DARTS ImageNet models were trained on RGB in [0
 """
 from __future__ import annotations
 
-import difflib
 import os
 from typing import Any, Sequence
 
-import timm
 import torch
 from torch import nn
 
 from mmseg.models.backbones import TIMMBackbone
 from mmseg.registry import MODELS
 
-import backbones  # noqa: F401  (registers the GeNAS / DARTS timm models)
+from backbones.freeze import freeze_to_level, level_of_frozen_stages, level_strides
+from backbones.names import check_model_name
+from genas.core.errors import UsageError
 
-__all__ = ["BackboneConfigError", "check_model_name", "GeNASBackbone"]
+__all__ = ["BackboneConfigError", "GeNASBackbone"]
 
 
-class BackboneConfigError(ValueError):
+class BackboneConfigError(UsageError):
     """A backbone setting that cannot build a model; the message names the setting and the fix."""
-
-
-def check_model_name(name: str) -> None:
-    """Raise :class:`BackboneConfigError` listing the closest timm names when ``name`` is not a timm model."""
-    if timm.is_model(name):
-        return
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
-    raise BackboneConfigError(
-        f"backbone model_name={name!r} is not a timm model. Closest timm names: {close or 'none'}; the suite's "
-        f"GeNAS / DARTS models: {timm.list_models(module='darts_net')} (import backbones registers them; "
-        f"timm.list_models('pattern*') lists the rest).")
 
 
 @MODELS.register_module()
@@ -70,19 +60,21 @@ class GeNASBackbone(TIMMBackbone):
             (``weights_only=True``; the model's checkpoint filter maps reference / DDP keys, the classifier is
             dropped); ``''`` for random initialisation.
         frozen_stages: ``-1`` trains everything; ``k >= 0`` freezes feature level ``k``, the levels before it and
-            every layer that computes them (DARTS: 0 = ``stem0``; 1 = the stems and cells 0-3; ...). Frozen
-            parameters get ``requires_grad=False`` and their modules stay in eval mode.
+            every layer that computes them (:func:`backbones.freeze.freeze_to_level`; DARTS: 0 = ``stem0``;
+            1 = the stems and cells 0-3; ...). Frozen parameters get ``requires_grad=False``; the frozen modules
+            and BatchNorm layers stay in eval mode, as in MMSeg's ResNet.
         norm_eval: keep every BatchNorm of the backbone in eval mode while training (running statistics of the
             ImageNet weights are not updated by the small segmentation batches), as MMSeg's ResNet does.
         in_channels: input image channels.
+        channels_last: run the backbone in channels_last memory format (faster convolutions on GPU).
         init_cfg: MMEngine init config (unused with ``weights``).
         **kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
 
     def __init__(self, model_name: str, out_indices: Sequence[int] = (0, 1, 2, 3), weights: str = "",
                  frozen_stages: int = -1, norm_eval: bool = False, in_channels: int = 3,
-                 init_cfg: dict | None = None, **kwargs: Any):
-        check_model_name(model_name)
+                 channels_last: bool = False, init_cfg: dict | None = None, **kwargs: Any):
+        check_model_name(model_name, "backbone model_name")
         if weights and not os.path.isfile(weights):
             raise BackboneConfigError(f"backbone weights={weights!r}: ImageNet weights file not found; give the "
                                       f"path of {model_name}'s ImageNet checkpoint, or '' for random init.")
@@ -95,44 +87,30 @@ class GeNASBackbone(TIMMBackbone):
         self.norm_eval = norm_eval
         self.frozen_stages = frozen_stages
         #: names (in ``timm_model``) of the frozen modules; names, not objects, survive SyncBN conversion
-        self.frozen_modules = self._freeze_stages(frozen_stages)
+        self.frozen_modules = self._freeze_stages(frozen_stages, in_channels)
+        self.channels_last = channels_last
+        if channels_last:
+            self.timm_model.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return tuple(self.timm_model(x))
 
-    def _level_module(self, level: int) -> str:
-        """Name (inside ``timm_model``) of the module whose output is feature ``level``."""
-        info = self.timm_model.feature_info
-        if not 0 <= level < len(info.info):
-            raise BackboneConfigError(f"backbone frozen_stages={level}: {self.model_name} has feature levels "
-                                      f"0..{len(info.info) - 1}")
-        name = info.get("module", level)
-        # FeatureGetterNet keeps the model as `model.`; FeatureListNet flattens nested names with `_`
-        candidates = (f"model.{name}", name, name.replace(".", "_"))
-        modules = dict(self.timm_model.named_modules())
-        found = next((c for c in candidates if c in modules), None)
-        if found is None:
-            raise BackboneConfigError(f"backbone frozen_stages={level}: feature level {level} of {self.model_name} "
-                                      f"(module {name!r}) is pruned by out_indices={self.out_indices}; freeze "
-                                      f"only levels up to max(out_indices)")
-        return found
-
-    def _freeze_stages(self, frozen_stages: int) -> list[str]:
-        """Freeze the modules registered up to the end of level ``frozen_stages``' module (timm registers layers
-        in forward order); return the names of those holding parameters, kept in eval mode by :meth:`train`."""
-        if frozen_stages < 0:
-            return []
-        level = self._level_module(frozen_stages)
-        modules = list(self.timm_model.named_modules())  # pre-order: a module, then its descendants
-        end = max(i for i, (n, _) in enumerate(modules) if n == level or n.startswith(level + "."))
-        frozen = []
-        for name, module in modules[:end + 1]:
-            params = list(module.parameters(recurse=False))  # not recursive: ancestors of the level come first
-            for p in params:
-                p.requires_grad_(False)
-            if params:
-                frozen.append(name)
-        return frozen
+    def _freeze_stages(self, frozen_stages: int, in_channels: int) -> list[str]:
+        """Freeze up to feature level ``frozen_stages`` (:mod:`backbones.freeze`); return the names of the
+        modules :meth:`train` keeps in eval mode: the largest modules whose parameters are all frozen, and the
+        BatchNorm layers that compute the frozen level."""
+        level = level_of_frozen_stages(frozen_stages, len(level_strides(self.timm_model)), "backbone frozen_stages")
+        part = freeze_to_level(self.timm_model, level, in_channels, f"backbone frozen_stages={frozen_stages}")
+        frozen, names = set(part.parameters), []
+        for name, module in self.timm_model.named_modules():  # pre-order: a module before its descendants
+            if any(name.startswith(f"{n}.") for n in names) or not name:
+                continue
+            params = [f"{name}.{p}" for p, _ in module.named_parameters()]
+            if (params and frozen.issuperset(params)) or name in part.norms:
+                names.append(name)
+        return names
 
     def train(self, mode: bool = True) -> "GeNASBackbone":
         """Train mode except for the frozen modules and, with ``norm_eval``, every BatchNorm."""

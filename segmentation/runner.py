@@ -15,6 +15,7 @@ import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import HistoryBuffer
 
+from genas.core.errors import UsageError
 from genas.core.results import write_result
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ RESULT_FILE = "results_segmentation.json"
 METRICS = ("mIoU", "mAcc", "aAcc")
 
 
-class SetupError(ValueError):
+class SetupError(UsageError):
     """A config, data root or device that cannot run; the message says what, where and how to fix it."""
 
 
@@ -45,6 +46,8 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
                         help="'pytorch' for multi-GPU runs under torchrun")
     parser.add_argument("--device", choices=["cuda", "cpu"], default=None,
                         help="default: cuda when available (cpu hides the GPUs from MMEngine)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="run the backbone in channels_last memory format (model.backbone.channels_last=True)")
 
 
 def _select_device(device: str | None) -> None:
@@ -99,10 +102,14 @@ def prepare_config(args: argparse.Namespace, loaders: Sequence[str]) -> Config:
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or os.path.join(
         "work_dirs", os.path.splitext(os.path.basename(args.config))[0])
-    from segmentation.backbone import BackboneConfigError, check_model_name  # imports mmseg: after the device
+    if args.channels_last:
+        cfg.model.backbone.channels_last = True
+    if args.launcher == "pytorch" and (args.device == "cpu" or not torch.cuda.is_available()):
+        _cpu_processes(cfg)
+    from backbones.names import ModelNameError, check_model_name
     try:
-        check_model_name(cfg.model.backbone.model_name)
-    except BackboneConfigError as e:
+        check_model_name(cfg.model.backbone.model_name, "model.backbone.model_name")
+    except ModelNameError as e:
         raise SetupError(f"{args.config}: {e}") from None
     check_data_roots(cfg, loaders)
     for loader in loaders:
@@ -112,6 +119,29 @@ def prepare_config(args: argparse.Namespace, loaders: Sequence[str]) -> Config:
             raise SetupError(f"{evaluator}={cfg[evaluator]}: the result file needs {'/'.join(METRICS)}; use "
                              f"dict(type='IoUMetric', iou_metrics=['mIoU'])")
     return cfg
+
+
+def _revert_sync_bn(node: object) -> None:
+    if isinstance(node, dict):
+        if node.get("type") == "SyncBN":
+            node["type"] = "BN"
+        for value in node.values():
+            _revert_sync_bn(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _revert_sync_bn(value)
+
+
+def _cpu_processes(cfg: Config) -> None:
+    """``--launcher pytorch`` without GPUs (torchrun of CPU processes): gloo instead of NCCL, plain BN instead of
+    SyncBN (which needs GPUs), DDP without ``device_ids``. MMEngine 0.10.7 would call ``torch.cuda.set_device`` and
+    pass ``device_ids=[LOCAL_RANK]``; :func:`build_runner` joins the gloo group first, so MMEngine does neither."""
+    cfg.setdefault("env_cfg", ConfigDict()).setdefault("dist_cfg", ConfigDict())["backend"] = "gloo"
+    cfg.sync_bn = None
+    _revert_sync_bn(cfg.model)
+    if cfg.get("model_wrapper_cfg") is None:
+        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
+                                     find_unused_parameters=cfg.get("find_unused_parameters", False))
 
 
 def _history_buffer_getattr(obj: object, name: str) -> object:
@@ -140,6 +170,10 @@ def mmengine_checkpoint_globals() -> contextlib.AbstractContextManager:
 
 def build_runner(cfg: Config) -> "Runner":
     from mmengine.runner import Runner
+    cpu = os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not torch.cuda.is_available()
+    if cfg.launcher == "pytorch" and cpu and cfg.get("env_cfg", {}).get("dist_cfg", {}).get("backend") == "gloo":
+        from genas.core.distributed import init_distributed
+        init_distributed("cpu")  # the torchrun group over gloo; MMEngine then skips its own (CUDA) init
     return Runner.from_cfg(cfg)
 
 

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from genas.core.errors import usage_errors
 from segmentation.runner import (SetupError, add_run_args, build_runner, mmengine_checkpoint_globals, prepare_config,
                                  write_segmentation_result)
 
@@ -31,18 +32,15 @@ def _checkpoint_iterations(path: str) -> int | None:
     return checkpoint.get("meta", {}).get("iter")
 
 
+@usage_errors
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_args(parser)
     parser.add_argument("checkpoint", help="checkpoint written by segmentation/train.py (iter_N.pth)")
     args = parser.parse_args(argv)
-    try:
-        cfg = prepare_config(args, ["test_dataloader"])
-        if not os.path.isfile(args.checkpoint):
-            raise SetupError(f"checkpoint {args.checkpoint!r} not found")
-    except SetupError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = prepare_config(args, ["test_dataloader"])
+    if not os.path.isfile(args.checkpoint):
+        raise SetupError(f"checkpoint {args.checkpoint!r} not found")
     cfg.load_from = args.checkpoint
     runner = build_runner(cfg)
     with mmengine_checkpoint_globals():

@@ -4,12 +4,13 @@ mIoU / mAcc / aAcc as the suite's result JSON.
     python segmentation/train.py configs/segmentation/deeplabv3_genas_c100_512x1024_80k_cityscapes.py \
         --data-root data/cityscapes --work-dir runs/seg/genas_c100 \
         --cfg-options model.backbone.weights=genas_c100_imagenet.pth
-    torchrun --nproc_per_node 4 segmentation/train.py CONFIG --launcher pytorch [--resume] [--amp] ...
+    torchrun --nproc_per_node 4 segmentation/train.py CONFIG --launcher pytorch [--resume] [--amp [bf16]] ...
 
 A thin wrapper over MMEngine's ``Runner``: logs, ``iter_N.pth`` checkpoints and ``--resume`` (from the work dir's
 last checkpoint) are MMEngine's. The validation that ends training (MMEngine's ``IterBasedTrainLoop`` always
 validates at ``max_iters``) is written to ``<work-dir>/results_segmentation.json``; a run resumed after its end
-validates once more instead.
+validates once more instead. ``--amp`` (fp16, or ``--amp bf16``) is MMEngine's ``AmpOptimWrapper`` (CUDA);
+``--channels-last`` runs the backbone in channels_last; under ``torchrun`` without GPUs the processes use gloo.
 """
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ import os
 import sys
 from typing import Sequence
 
+import torch
+
+from genas.core.distributed import AMP_DTYPES
+from genas.core.errors import usage_errors
 from segmentation.runner import (SetupError, add_run_args, build_runner, mmengine_checkpoint_globals, prepare_config,
                                  write_segmentation_result)
 
@@ -42,22 +47,23 @@ def last_val_metrics_hook():
     return LastValMetrics()
 
 
+@usage_errors
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_args(parser)
     parser.add_argument("--resume", action="store_true",
                         help="resume from the last checkpoint in --work-dir (a fresh start when there is none)")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (MMEngine's AmpOptimWrapper)")
+    parser.add_argument("--amp", nargs="?", const="fp16", choices=[k for k in AMP_DTYPES if k],
+                        help="mixed precision (MMEngine's AmpOptimWrapper, CUDA only): fp16 (the default) or bf16")
     args = parser.parse_args(argv)
-    try:
-        cfg = prepare_config(args, ["train_dataloader", "val_dataloader"])
-    except SetupError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.amp and (args.device == "cpu" or not torch.cuda.is_available()):
+        raise SetupError(f"--amp {args.amp}: MMEngine's AmpOptimWrapper needs a CUDA device; drop --amp on the CPU")
+    cfg = prepare_config(args, ["train_dataloader", "val_dataloader"])
     cfg.resume = args.resume
     if args.amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.loss_scale = "dynamic"
+        cfg.optim_wrapper.dtype = str(AMP_DTYPES[args.amp]).removeprefix("torch.")  # 'float16' | 'bfloat16'
     runner = build_runner(cfg)
     last_val = last_val_metrics_hook()
     runner.register_hook(last_val)

@@ -1,9 +1,11 @@
 """MMSegmentation DeepLabv3 with GeNAS backbones: the backbone wrapper, the recipe configs, and a real train /
-test run on the one Cityscapes frame of ../shared/data/cityscapes_tiny (CPU, 64x128 input, a few iterations)."""
+test run on the one Cityscapes frame of ../shared/data/cityscapes_tiny (CPU, 64x128 input, a few iterations), also
+under torchrun with 2 gloo CPU processes (--launcher pytorch)."""
 from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,8 @@ from mmengine.config import Config  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import backbones  # noqa: E402,F401
+from backbones.freeze import FreezeError  # noqa: E402
+from backbones.names import ModelNameError  # noqa: E402
 from genas.core.results import read_result  # noqa: E402
 from segmentation import runner as seg_runner  # noqa: E402
 from segmentation import test as seg_test  # noqa: E402
@@ -94,8 +98,30 @@ def test_backbone_loads_imagenet_weights_file(tmp_path):
 
 
 def test_backbone_wrong_model_name_lists_close_names():
-    with pytest.raises(BackboneConfigError, match=r"genas_c1000.*not a timm model.*'genas_c100'"):
+    with pytest.raises(ModelNameError, match=r"backbone model_name='genas_c1000' is not a timm model.*'genas_c100'"):
         GeNASBackbone("genas_c1000")
+
+
+def test_backbone_frozen_stages_errors_name_the_setting():
+    with pytest.raises(FreezeError, match=r"frozen_stages=4: expected -1 \(nothing frozen\) or a feature level 0..3"):
+        GeNASBackbone("genas_c100", frozen_stages=4)
+    with pytest.raises(FreezeError, match=r"backbone frozen_stages=3: feature level 3 .* is not built"):
+        GeNASBackbone("genas_c100", out_indices=(0, 1, 2), frozen_stages=3)
+    assert issubclass(BackboneConfigError, seg_runner.UsageError) and issubclass(seg_runner.SetupError,
+                                                                                 seg_runner.UsageError)
+
+
+def test_backbone_channels_last_computes_the_same_features():
+    torch.manual_seed(0)
+    plain = GeNASBackbone("genas_c100", C=16).eval()
+    nhwc = GeNASBackbone("genas_c100", C=16, channels_last=True).eval()
+    nhwc.load_state_dict(plain.state_dict())
+    assert nhwc.timm_model.model.stem0[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(plain(x), nhwc(x)):
+            assert b.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -273,6 +299,15 @@ def test_data_root_without_labels_is_one_clear_error(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_amp_on_cpu_is_one_clear_error(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: --amp is valid")
+    rc = seg_train.main([str(RECIPE), "--amp", "bf16", "--work-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --amp bf16: MMEngine's AmpOptimWrapper needs a CUDA device")
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
 def test_wrong_model_name_is_one_clear_error(tmp_path, capsys):
     rc = seg_test.main([str(RECIPE), str(tmp_path / "x.pth"), "--work-dir", str(tmp_path / "run"),
                         "--cfg-options", "model.backbone.model_name=genas_c1000"])
@@ -280,3 +315,26 @@ def test_wrong_model_name_is_one_clear_error(tmp_path, capsys):
     assert rc == 2 and "\n" not in err
     assert "model_name='genas_c1000' is not a timm model" in err and "'genas_c100'" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_ddp_two_gloo_processes(tmp_path):
+    """``torchrun --nproc_per_node 2 segmentation/train.py ... --launcher pytorch`` without GPUs: MMEngine's DDP over
+    gloo (SyncBN, which needs GPUs, reverted to BN), 2 iterations, the final validation written by rank 0."""
+    from conftest import shared_path
+    data_root = shared_path("cityscapes_tiny")
+    config = _tiny_config(tmp_path / "tiny.py", data_root, 2)
+    work_dir = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "segmentation/train.py", str(config), "--launcher", "pytorch", "--device", "cpu",
+                           "--work-dir", str(work_dir)], cwd=REPO, capture_output=True, text=True, timeout=150, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = _losses(work_dir)
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    log = next(work_dir.glob("*/*.log")).read_text()
+    # MMEngine's environment report: 2 processes ("GPU number" is its name for the world size) over gloo
+    assert "Distributed training: True" in log and "GPU number: 2" in log, log[:3000]
+    assert "dist_cfg: {'backend': 'gloo'}" in log
+    result = read_result(work_dir / seg_runner.RESULT_FILE)
+    assert result["meta"]["iterations"] == 2 and set(result["metrics"]) == {"mIoU", "mAcc", "aAcc"}
+    assert all(0 <= v <= 100 for v in result["metrics"].values())

@@ -25,8 +25,9 @@ model = dict(
         model_name=None,  # set by each model's config
         out_indices=(0, 1, 2, 3),
         weights='',  # path of the model's ImageNet checkpoint (backbones/train_imagenet.py); '' = random init
-        frozen_stages=-1,
-        norm_eval=False),
+        frozen_stages=-1,  # MMSeg's convention: -1 nothing; k: feature level k and all before (backbones/freeze.py)
+        norm_eval=False,
+        channels_last=False),  # True (or segmentation/train.py --channels-last): NHWC convolutions, faster on GPU
     decode_head=dict(
         type='ASPPHead',
         in_channels=None,  # channels of level 3
