@@ -40,7 +40,6 @@ from typing import Any, Mapping, Optional, Sequence
 
 import timm
 import torch
-import torch.distributed as dist
 from timm.data import create_transform, resolve_data_config
 from timm.utils import accuracy
 from torch import nn
@@ -52,8 +51,8 @@ from tqdm import tqdm
 
 from backbones.darts_net import VARIANTS
 from genas.core.config import ConfigError, dump_config, load_yaml_file, merge_config
-from genas.core.distributed import (AMP_DTYPES, DistInfo, all_reduce_sum, cleanup_distributed, get_rng_states,
-                                    init_distributed, seed_everything, set_rng_states)
+from genas.core.distributed import (AMP_DTYPES, DistInfo, all_gather_objects, all_reduce_sum, cleanup_distributed,
+                                    get_rng_states, init_distributed, seed_everything, set_rng_states)
 from genas.core.errors import UsageError, usage_errors
 from genas.core.io import CsvLog, atomic_torch_save, atomic_write_text, load_checkpoint
 from genas.core.results import write_result
@@ -207,16 +206,6 @@ def evaluate(model: nn.Module, dataset: Any, cfg: Mapping[str, Any], info: DistI
     return {"top1": 100 * hits1 / count, "top5": 100 * hits5 / count, "loss": loss_sum / count}
 
 
-def _gather_rng_states(info: DistInfo) -> list[dict[str, Any]]:
-    """Every rank's generator states (index = rank), collected on all ranks; CPU ByteTensors only."""
-    state = get_rng_states(info.device)
-    if info.world_size == 1:
-        return [state]
-    states: list[Any] = [None] * info.world_size
-    dist.all_gather_object(states, state)
-    return states
-
-
 def _restore_rng(states: Sequence[Mapping[str, Any]], info: DistInfo) -> None:
     """This rank's saved states (when the run is resumed with another world size: rank ``r % saved``). The
     checkpoint is loaded with ``map_location='cpu'``: ``torch.set_rng_state`` accepts only CPU ByteTensors."""
@@ -306,7 +295,7 @@ def _train(cfg: dict[str, Any], out: Path, resume: bool, info: DistInfo) -> Path
         eval_log = CsvLog(out / "eval_log.csv", EVAL_FIELDS, step)
 
     def save_state(next_epoch: int, next_batch: int) -> None:
-        rng = _gather_rng_states(info)  # a collective: every rank takes part, rank 0 writes
+        rng = all_gather_objects(get_rng_states(info.device))  # every rank's states (CPU tensors); rank 0 writes
         if info.is_main:
             atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
