@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import torch
 
 from genas.spaces.base import LayoutError, Supernet
+from genas.spaces.registry import build_supernet
 
 __all__ = ["load_supernet", "read_state_dict", "init_checkpoint_path", "fit_state_dict"]
 
@@ -114,8 +115,6 @@ def load_supernet(path: str | Path, space: str, num_classes: int, **supernet_opt
     supernet, ``affine=False`` for RLNAS NAS-Bench-201) and its keys renamed to ours.
     Raises :class:`LayoutError` naming the first missing / unexpected keys when the file does not fit.
     """
-    from genas.spaces import build_supernet
-
     path = Path(path)
     state, meta = read_state_dict(path)
     if meta is not None:
