@@ -61,9 +61,13 @@ def check_backbone_config(name: str, weights: str = "") -> None:
 
 def feature_level_names(name: str, in_chans: int = 3, model_kwargs: Optional[Mapping[str, Any]] = None) -> List[str]:
     """The ``res<k>`` names of every feature level of timm model ``name`` (read from a model built on the meta
-    device: no memory, no weights)."""
-    with torch.device("meta"):
-        probe = timm.create_model(name, features_only=True, in_chans=in_chans, **dict(model_kwargs or {}))
+    device: no memory, no weights; on the CPU for a model whose construction needs real tensors)."""
+    kwargs = dict(features_only=True, in_chans=in_chans, **dict(model_kwargs or {}))
+    try:
+        with torch.device("meta"):
+            probe = timm.create_model(name, **kwargs)
+    except (RuntimeError, NotImplementedError):  # e.g. .item() / .tolist() of a meta tensor in __init__
+        probe = timm.create_model(name, **kwargs)
     return [level_name(s) for s in level_strides(probe)]
 
 
