@@ -128,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="search YAML (default: %(default)s)")
     p.add_argument("--metric", help="score.metric: flatness, accuracy, angle, angle+flatness, accuracy+flatness, "
-                                    "angle+accuracy")
+                                    "angle+accuracy, naswot, synflow, naswot+flatness, synflow+flatness")
     p.add_argument("--sigmas", help="score.sigmas as a comma list, e.g. 2e-3,1e-2,2e-2")
     p.add_argument("--alpha", type=float, help="score.alpha (weight of the depth term |L_1/sigma_1|)")
     p.add_argument("--gamma", type=float, help="score.gamma (weight of flatness in combined metrics)")
