@@ -108,8 +108,14 @@ def live_convs(arch) -> int:
 
 
 def cell_is_zero(arch) -> bool:
-    """True when node 3 never receives a non-zero input (the network's output is constant)."""
-    return not any(edges for node, edges in cell_plan(arch) if node == 3)
+    """True when no path of non-``none`` edges leads from the cell input (node 0) to its output (node 3): the
+    cell outputs zeros and the network a constant."""
+    from genas.spaces.nb201.space import EDGES
+    live = {0}
+    for (target, src), gene in zip(EDGES, arch):  # EDGES are ordered by target node
+        if gene != 0 and src in live:
+            live.add(target)
+    return 3 not in live
 
 
 def stratified_archs(num: int, seed: int) -> list[tuple]:
