@@ -25,6 +25,8 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 import backbones  # noqa: F401  (registers the models)
 from backbones.darts_net import DEFAULT_GENOTYPE, GENERIC, VARIANTS
 
+# torch 2.14 deprecates torch.jit.script, which timm's contract still tests
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 MODELS = sorted(VARIANTS) + sorted(GENERIC)
 #: one published variant and the two generic entries: the full contract (the 13 variants differ only by cell)
 REPRESENTATIVE = ["genas_c100", "darts_imagenet", "darts_cifar"]
