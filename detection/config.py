@@ -30,13 +30,21 @@ command line without editing code.
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
+import yaml
 from detectron2.config import CfgNode, get_cfg
+
+from genas.core.errors import UsageError
 
 import detection.backbone  # noqa: F401  (registers the BACKBONE.NAME builders that the YAML files use)
 
-__all__ = ["add_genas_config", "build_config"]
+__all__ = ["ConfigFileError", "add_genas_config", "build_config"]
+
+
+class ConfigFileError(UsageError):
+    """A config file or command-line override Detectron2 cannot merge; the message names it."""
 
 
 def add_genas_config(cfg: CfgNode) -> None:
@@ -57,8 +65,17 @@ def add_genas_config(cfg: CfgNode) -> None:
 
 def build_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
     """Detectron2 defaults + the GeNAS keys, then ``config_file`` (with its ``_BASE_`` chain), then ``opts``."""
+    if not os.path.isfile(config_file):
+        raise ConfigFileError(f"--config-file {config_file!r}: file not found; the recipes are "
+                              f"configs/detection/retinanet_*_FPN_1x.yaml")
     cfg = get_cfg()
     add_genas_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    try:
+        cfg.merge_from_file(config_file)
+    except (KeyError, ValueError, AssertionError, yaml.YAMLError) as e:  # yacs: unknown key / wrong type
+        raise ConfigFileError(f"{config_file}: {e}") from None
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ConfigFileError(f"command-line opts {list(opts)}: {e} (give KEY VALUE pairs of existing keys)") from None
     return cfg

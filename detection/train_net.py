@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Optional
 
 import torch
+
+import detection  # noqa: F401  (first: imports Detectron2 without its torch.jit FutureWarning)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch

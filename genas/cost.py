@@ -19,7 +19,7 @@ from torch import nn
 
 from genas.spaces.base import Arch, SearchSpace
 
-__all__ = ["MAC_OPS", "NetworkCost", "standalone_builder", "count_params", "count_macs", "CostConstraint"]
+__all__ = ["import_fvcore_nn", "MAC_OPS", "NetworkCost", "standalone_builder", "count_params", "count_macs", "CostConstraint"]
 
 #: fvcore operator groups that are multiply-adds
 MAC_OPS = ("conv", "linear", "matmul", "addmm", "bmm", "einsum")
@@ -29,9 +29,10 @@ NB201_EVAL = {"C": 16, "N": 5}
 DARTS_CIFAR_EVAL = {"C": 36, "layers": 20}
 
 
-def _fvcore_nn():
+def import_fvcore_nn():
     """``fvcore.nn``, imported on first use: importing it runs ``torch.jit.script`` on its focal losses, which
-    prints torch's ``torch.jit.script`` deprecation ``FutureWarning``; that one warning is silenced here only."""
+    prints torch's ``torch.jit.script`` deprecation ``FutureWarning``; that one warning is silenced here only.
+    Detectron2 imports ``fvcore.nn`` too (``detectron2.engine``): :mod:`detection` calls this first."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
         import fvcore.nn
@@ -40,7 +41,7 @@ def _fvcore_nn():
 
 def count_params(model: nn.Module) -> int:
     """Number of parameters (fvcore ``parameter_count``; buffers such as BN statistics excluded)."""
-    return int(_fvcore_nn().parameter_count(model)[""])
+    return int(import_fvcore_nn().parameter_count(model)[""])
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -48,7 +49,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     model = model.eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fvcore's tracer warns about torch.jit deprecations and no-op ops
-        analysis = _fvcore_nn().FlopCountAnalysis(model, torch.zeros(1, *input_shape))
+        analysis = import_fvcore_nn().FlopCountAnalysis(model, torch.zeros(1, *input_shape))
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         return int(sum(n for op, n in analysis.by_operator().items() if op in MAC_OPS))
 

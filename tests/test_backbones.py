@@ -222,9 +222,17 @@ def test_generic_entry_reads_every_genotype_form(tmp_path):
         assert count_params(model) == expected
 
 
+def test_generic_models_default_to_the_documented_cell():
+    """timm's model tests create every model without arguments: the generic ones build DEFAULT_GENOTYPE."""
+    from backbones.darts_net import DEFAULT_GENOTYPE
+    assert DEFAULT_GENOTYPE == GENAS_FLATNESS_CIFAR100
+    default, explicit = timm.create_model("darts_cifar", C=8, layers=5), timm.create_model(
+        "darts_cifar", C=8, layers=5, genotype="genas_flatness_cifar100")
+    assert default.genotype == explicit.genotype
+    assert sum(p.numel() for p in default.parameters()) == sum(p.numel() for p in explicit.parameters())
+
+
 def test_genotype_errors_are_clear():
-    with pytest.raises(ValueError, match="needs genotype"):
-        timm.create_model("darts_imagenet")
     bad_op = genotype_to_json(GENAS_FLATNESS_CIFAR100)
     bad_op["normal"][3] = ["conv_9x9", 1]
     with pytest.raises(ValueError, match="unknown op 'conv_9x9'"):
