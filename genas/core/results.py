@@ -9,8 +9,10 @@ A result file is a JSON object::
      "meta": {...free-form provenance: dataset, checkpoint sha256, timings, counts...}}
 
 Metric names per kind (the report's columns):
-    robustness: set in meta["set"] (imagenet | imagenet-v2 | imagenet-a | imagenet-o);
-                metrics top1, top5 (percent) or, for imagenet-o, aupr, auroc, fpr95 (percent)
+    robustness: set in meta["set"] (imagenet | imagenet-v2 | imagenet-a | imagenet-r | imagenet-sketch |
+                imagenet-c | imagenet-real | imagenet-o); metrics top1, top5 (percent) or, for imagenet-o, aupr,
+                auroc, fpr95 (percent); imagenet-real: real_top1 (percent); imagenet-c: error/<c>/<s>, error/<c>,
+                ce/<c>, mce, relative_ce/<c>, relative_mce (percent); every set: ece (percent) and nll
     detection: AP, AP50, AP75, APs, APm, APl (COCO, percent)
     segmentation: mIoU, mAcc, aAcc (percent)
     search: score of the best architecture, plus meta["metric"], meta["genotype"], meta["params_m"]
