@@ -8,7 +8,8 @@ import sys
 import pytest
 
 CORE_MODULES = ["genas.search", "genas.train_supernet", "genas.scoring", "genas.nb201_eval", "genas.plots",
-                "backbones", "backbones.summary", "robustness.eval", "report.report"]
+                "backbones", "backbones.summary", "backbones.export", "robustness.eval", "report", "report.table",
+                "genas.ablation", "genas.spaces.darts.network"]
 
 
 @pytest.mark.parametrize("module", ["detectron2", "detectron2.modeling", "mmseg.models", "mmcv.ops"])
