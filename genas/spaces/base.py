@@ -19,11 +19,18 @@ from genas.core.errors import UsageError
 
 Arch = tuple  # tuple[int, ...]
 
-__all__ = ["Arch", "SearchSpace", "Supernet", "SpaceOptionError", "LayoutError"]
+__all__ = ["Arch", "SearchSpace", "Supernet", "SpaceOptionError", "LayoutError", "check_option"]
 
 
 class SpaceOptionError(UsageError):
     """A search-space or supernet option that does not exist or does not apply to the space."""
+
+
+def check_option(setting: str, value: str, choices: tuple[str, ...], space: str) -> str:
+    """``value`` when it is one of ``choices``; else :class:`SpaceOptionError` naming ``setting`` and ``space``."""
+    if value not in choices:
+        raise SpaceOptionError(f"{setting} must be one of {choices} for {space}, got {value!r}")
+    return value
 
 
 class LayoutError(UsageError):

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from genas.spaces.base import Arch, SearchSpace, SpaceOptionError
+from genas.spaces.base import Arch, SearchSpace, check_option
 from genas.spaces.darts.genotype import (CELL_TYPES, EDGES_PER_CELL, NODE_EDGES, NUM_GENES, NUM_NODES, PRIMITIVES,
                                          _check_ints, decode, encode, format_genotype, genotype_to_json)
 from genas.spaces.darts.published import parse_genotype
@@ -68,13 +68,10 @@ class DartsSpace(SearchSpace):
     crossover_mode, mutation_genes, mutation_ops = "per_node", "all", "all"  # defaults of __init__
 
     def __init__(self, crossover: str | None = None, mutation_genes: str = "all", mutation_ops: str = "all"):
-        crossover = "per_node" if crossover is None else crossover
-        if crossover not in CROSSOVERS:
-            raise SpaceOptionError(f"search.crossover must be one of {CROSSOVERS} for darts, got {crossover!r}")
-        if mutation_genes not in MUTATION_GENES:
-            raise SpaceOptionError(f"search.mutation_genes must be one of {MUTATION_GENES}, got {mutation_genes!r}")
-        if mutation_ops not in MUTATION_OPS:
-            raise SpaceOptionError(f"search.mutation_ops must be one of {MUTATION_OPS}, got {mutation_ops!r}")
+        crossover = check_option("search.crossover", "per_node" if crossover is None else crossover, CROSSOVERS,
+                                 self.name)
+        check_option("search.mutation_genes", mutation_genes, MUTATION_GENES, self.name)
+        check_option("search.mutation_ops", mutation_ops, MUTATION_OPS, self.name)
         self.crossover_mode, self.mutation_genes, self.mutation_ops = crossover, mutation_genes, mutation_ops
 
     @property

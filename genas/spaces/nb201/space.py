@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from genas.spaces.base import Arch, SearchSpace, SpaceOptionError
+from genas.spaces.base import Arch, SearchSpace, SpaceOptionError, check_option
 from genas.spaces.nb201.ops import OP_NAMES
 
 __all__ = [
@@ -168,11 +168,9 @@ class NB201Space(SearchSpace):
     crossover_mode, mutation_ops, mutation_genes = "per_gene", "all", "all"  # defaults of __init__
 
     def __init__(self, crossover: str | None = None, mutation_ops: str = "all", mutation_genes: str = "all"):
-        crossover = "per_gene" if crossover is None else crossover
-        if crossover not in CROSSOVERS:
-            raise SpaceOptionError(f"search.crossover must be one of {CROSSOVERS} for nb201, got {crossover!r}")
-        if mutation_ops not in MUTATION_OPS:
-            raise SpaceOptionError(f"search.mutation_ops must be one of {MUTATION_OPS}, got {mutation_ops!r}")
+        crossover = check_option("search.crossover", "per_gene" if crossover is None else crossover, CROSSOVERS,
+                                 self.name)
+        check_option("search.mutation_ops", mutation_ops, MUTATION_OPS, self.name)
         if mutation_genes != "all":
             raise SpaceOptionError(f"search.mutation_genes={mutation_genes!r} is a DARTS option (normal-cell genes "
                                    f"only); NB201 has one cell type: use 'all'")
