@@ -174,6 +174,9 @@ class _Plan:
             self.settings = SearchSettings.from_config(self.cfg["search"])
             check_algorithm(self.space, self.settings)
             check_score_config(self.cfg["score"])
+            if int(self.cfg["train"]["val_paths"]) < 0:
+                raise ValueError(f"train.val_paths must be >= 0 (0: skip the path-accuracy check), got "
+                                 f"{self.cfg['train']['val_paths']}")
         except ValueError as e:
             raise SearchCLIError(f"{args.config}: {e}") from None
         self.out = args.out if args.out is not None else REPO / "runs" / f"search-{args.config.stem}"
@@ -275,8 +278,10 @@ def _run(args: argparse.Namespace, plan: _Plan, info: DistInfo) -> dict[str, Any
         supernet_seconds = None if reused else time.perf_counter() - start
     supernet = _load_supernet(plan, data.num_classes)
     from genas.train_supernet import sampled_path_accuracy
-    path_accuracy = (sampled_path_accuracy(supernet, data.train, data.val, plan.device,  # rank 0 reports it
-                                           seed=int(plan.cfg["train"]["seed"])) if info.is_main else None)
+    val_paths = int(plan.cfg["train"]["val_paths"])  # rank 0 reports it; 0 skips it (e.g. a big DARTS val split on CPU)
+    path_accuracy = (sampled_path_accuracy(supernet, data.train, data.val, plan.device, num_paths=val_paths,
+                                           seed=int(plan.cfg["train"]["seed"])) if info.is_main and val_paths > 0
+                     else None)
     init_state = _load_supernet(plan, data.num_classes, plan.init_path).state_dict() if plan.needs_init else None
 
     from genas.scoring.scorer import ArchScorer
@@ -349,8 +354,9 @@ def _print_summary(r: Mapping[str, Any]) -> None:
     if r["supernet_seconds"] is not None:
         timing += f", supernet training {r['supernet_seconds']:.1f} s"
     acc = r["supernet_val_accuracy"]
-    print(f"supernet: validation accuracy of {acc['num_paths']} sampled paths mean {acc['mean']:.3f} (median "
-          f"{acc['median']:.3f}, min {acc['min']:.3f}, max {acc['max']:.3f}; {acc['num_images']} images)")
+    if acc is not None:
+        print(f"supernet: validation accuracy of {acc['num_paths']} sampled paths mean {acc['mean']:.3f} (median "
+              f"{acc['median']:.3f}, min {acc['min']:.3f}, max {acc['max']:.3f}; {acc['num_images']} images)")
     print(f"{outcome.num_evaluations} architectures scored in {len(outcome.history)} iteration(s); {timing}")
     if outcome.num_nonfinite:
         print(f"warning: {outcome.num_nonfinite} candidate(s) had a non-finite perturbed loss and got the worst "

@@ -56,7 +56,8 @@ from genas.spaces import Supernet, build_supernet, get_space
 __all__ = ["RunExistsError", "train_step", "train_supernet", "load_supernet", "check_train_config", "main"]
 
 # Settings that may differ between a run and its resumption (they do not change the trained weights).
-RESUMABLE_CHANGES = {"train.device", "train.workers", "train.checkpoint_every_steps", "train.log_every_steps"}
+RESUMABLE_CHANGES = {"train.device", "train.workers", "train.checkpoint_every_steps", "train.log_every_steps",
+                     "train.val_paths"}
 LOG_FIELDS = ("step", "epoch", "lr", "loss", "acc", "time")
 
 

@@ -134,6 +134,17 @@ def test_given_supernet_and_angle_metric(finished_run):
         assert not any(c.startswith("loss_sigma_") for c in row)  # angle alone perturbs nothing
     summary = read_result(other / "summary.json")
     assert summary["meta"]["metric"] == "angle" and summary["meta"]["supernet_seconds"] is None
+    assert summary["meta"]["supernet_val_accuracy"]["num_paths"] == 10  # the default check ran
+
+
+def test_val_paths_zero_skips_the_path_accuracy_check(finished_run, capsys):
+    tmp, out = finished_run
+    other = tmp / "no_val"
+    assert main(["--config", str(_config(tmp, TINY)), "--out", str(other), "--no-progress", "--metric", "angle",
+                 "--supernet", str(out / "supernet" / "final.pt"),
+                 "--opts", "search.iterations=1", "train.val_paths=0"]) == 0
+    assert read_result(other / "summary.json")["meta"]["supernet_val_accuracy"] is None
+    assert "sampled paths" not in capsys.readouterr().out
 
 
 def test_isomorphic_dedupe_keys_by_class(finished_run):
@@ -169,6 +180,7 @@ def test_darts_best_genotype_json_builds_a_backbones_network(tmp_path):
     ({"space": "darts", "supernet": {"C": 4, "layers": 2}}, ["--algorithm", "exhaustive"], "exhaustive"),
     ({}, ["--device", "tpu"], "train.device"),
     ({}, ["--opts", "search.dedupe=fuzzy"], "search.dedupe must be one of"),
+    ({}, ["--opts", "train.val_paths=-1"], "train.val_paths must be >= 0"),
 ])
 def test_bad_input_exits_nonzero_and_writes_nothing(tmp_path, capsys, change, args, message):
     out = tmp_path / "out"

@@ -57,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
         "workers": 2,
         "checkpoint_every_steps": 500,
         "log_every_steps": 10,
+        "val_paths": 10,         # sampled paths whose validation accuracy the search reports (0: skip the check)
         "device": "auto",        # auto | cpu | cuda | cuda:N
         "amp": None,             # null | bf16 | fp16
         "channels_last": False,
