@@ -7,7 +7,7 @@ Usage (from the repository root)::
     torchrun --nproc_per_node 4 genas/train_supernet.py --config ... --out runs/x     # multi-GPU (DDP)
 
 Each step draws one architecture uniformly from the search space and only its path runs forward and
-backward (paper Eq. 6); SGD with momentum, per-step cosine learning rate ``lr -> lr_min`` over all steps (the
+backward (paper Eq. 6); SGD with momentum, cosine learning rate ``lr -> lr_min`` (``train.lr_schedule``: per step by default, or per epoch as the reference) (the
 reference anneals per epoch; per step is the smooth version of the same curve), weight decay and gradient
 clipping. Parameters off the sampled path get no gradient (``grad is None``), so SGD leaves them, their
 momentum and their weight decay untouched that step (``train.zero_grad=zeros`` instead keeps zero gradients,
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,33 @@ LOG_FIELDS = ("step", "epoch", "lr", "loss", "acc", "time")
 
 class RunExistsError(UsageError, FileExistsError):
     """The output folder already holds a run that is not being resumed, or one trained with other settings."""
+
+
+def epoch_cosine_lr(epoch: int, lr: float, lr_min: float, epochs: int) -> float:
+    """The cosine value ``lr_min + (lr - lr_min) (1 + cos(pi epoch / epochs)) / 2`` of one (0-based) epoch."""
+    return lr_min + (lr - lr_min) * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, tcfg: Mapping[str, Any],
+                 steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule of ``train.lr_schedule``, stepped once per training step.
+
+    ``per_step`` (default): cosine from ``lr`` to ``lr_min`` over all steps (smooth within an epoch).
+    ``per_epoch`` (AutoDL's ``CosineAnnealingLR.update(epoch, 0)``, RLNAS NB201): constant within epoch ``e``
+    at :func:`epoch_cosine_lr` ``(e)``; epoch 0 trains at ``lr``.
+    ``per_epoch_shifted`` (GeNAS / RLNAS DARTS: torch's ``CosineAnnealingLR(T_max=epochs)`` stepped before each
+    epoch): epoch ``e`` trains at the value of ``e + 1``, so the last epoch runs at ``lr_min``.
+    """
+    mode, epochs, lr, lr_min = tcfg["lr_schedule"], int(tcfg["epochs"]), float(tcfg["lr"]), float(tcfg["lr_min"])
+    if mode == "per_step":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs * steps_per_epoch, 1),
+                                                          eta_min=lr_min)
+    shift = 1 if mode == "per_epoch_shifted" else 0
+
+    def factor(step: int) -> float:
+        epoch = min(step // steps_per_epoch, epochs - 1) + shift
+        return epoch_cosine_lr(epoch, lr, lr_min, epochs) / lr if lr > 0 else 1.0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
@@ -178,8 +206,7 @@ def _train(cfg: Mapping[str, Any], run_dir: Path, resume: bool, info: DistInfo, 
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=tcfg["lr"], momentum=tcfg["momentum"],
                                 weight_decay=tcfg["weight_decay"], nesterov=bool(tcfg["nesterov"]))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1),
-                                                           eta_min=tcfg["lr_min"])
+    scheduler = lr_scheduler(optimizer, tcfg, steps_per_epoch)
     amp_dtype = AMP_DTYPES[tcfg["amp"]]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     arch_rng = np.random.default_rng(tcfg["seed"])  # same stream on every rank: all ranks train one path

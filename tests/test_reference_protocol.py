@@ -135,6 +135,32 @@ def test_train_rlnas_options_run_end_to_end(tmp_path):
         check_train_config(load_config(None, ["train.grad_clip=-1"]))
 
 
+@pytest.mark.parametrize("mode, shift", [("per_epoch", 0), ("per_epoch_shifted", 1)])
+def test_train_lr_schedule_per_epoch_is_the_reference_cosine(mode, shift):
+    """AutoDL (RLNAS NB201) holds epoch e at the cosine of e; GeNAS / RLNAS DARTS (torch's CosineAnnealingLR,
+    T_max = epochs, stepped before each epoch) train epoch e at the value of e + 1."""
+    from genas.train_supernet import lr_scheduler
+    lr, lr_min, epochs, steps = 0.025, 0.001, 4, 3
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = lr_scheduler(optimizer, {"lr_schedule": mode, "epochs": epochs, "lr": lr, "lr_min": lr_min}, steps)
+    seen = []
+    for _ in range(epochs * steps):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [lr_min + (lr - lr_min) * (1 + math.cos(math.pi * (e + shift) / epochs)) / 2
+                for e in range(epochs) for _ in range(steps)]
+    assert seen == pytest.approx(expected, rel=1e-12, abs=0)
+    assert seen[0] == pytest.approx(lr if shift == 0 else 0.021485281374, rel=1e-10)  # hand: .001 + .012 (1 + 1/sqrt 2)
+    if shift:
+        assert seen[-1] == pytest.approx(lr_min, rel=1e-12)  # the reference's last epoch runs at eta_min
+    per_step = lr_scheduler(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr),
+                            {"lr_schedule": "per_step", "epochs": epochs, "lr": lr, "lr_min": lr_min}, steps)
+    assert isinstance(per_step, torch.optim.lr_scheduler.CosineAnnealingLR) and per_step.T_max == epochs * steps
+    with pytest.raises(ConfigError, match="train.lr_schedule must be one of"):
+        load_config(None, ["train.lr_schedule=per_batch"])
+
+
 # ---------------------------------------------------------------------------------------------- data
 @needs_splits
 def test_data_split_file_autodl_files():

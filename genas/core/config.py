@@ -50,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 5e-4,
         "grad_clip": 5.0,        # max gradient norm; 0: no clipping (RLNAS NB201)
         "nesterov": False,       # RLNAS NB201: true
+        "lr_schedule": "per_step",  # per_step: cosine over all steps | per_epoch (AutoDL, RLNAS NB201: constant in an
+                                    # epoch, epoch 0 at lr) | per_epoch_shifted (GeNAS / RLNAS DARTS: epoch e at e+1)
         "sampling": "shared",    # shared: one arch for every cell | per_cell: each NB201 cell draws its own (RLNAS)
         "zero_grad": "none",     # none: off-path weights untouched | zeros: torch 1.x zero_grad() (reference)
         "random_labels": False,  # RLNAS: one fixed random label per training example
@@ -117,6 +119,7 @@ CHOICES: dict[str, tuple] = {
     "data.name": ("digits", "cifar10", "cifar100", "imagenet16-120", "imagefolder"),
     "data.augment": ("auto", "none", "crop", "crop_flip"),
     "train.amp": (None, "bf16", "fp16"),
+    "train.lr_schedule": ("per_step", "per_epoch", "per_epoch_shifted"),
     "score.metric": ("flatness", "accuracy", "angle", "angle+flatness", "accuracy+flatness", "angle+accuracy",
                      "naswot", "synflow", "naswot+flatness", "synflow+flatness"),
     "score.noise": ("independent", "cumulative"),
