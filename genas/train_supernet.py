@@ -7,8 +7,9 @@ Usage (from the repository root)::
     torchrun --nproc_per_node 4 genas/train_supernet.py --config ... --out runs/x     # multi-GPU (DDP)
 
 Each step draws one architecture uniformly from the search space and only its path runs forward and
-backward (paper Eq. 6); SGD with momentum, cosine learning rate ``lr -> lr_min`` (``train.lr_schedule``: per step by default, or per epoch as the reference) (the
-reference anneals per epoch; per step is the smooth version of the same curve), weight decay and gradient
+backward (paper Eq. 6); SGD with momentum, cosine learning rate ``lr -> lr_min`` (``train.lr_schedule``: per
+step by default, the smooth version of the reference's per-epoch curve, which ``per_epoch`` / ``per_epoch_shifted``
+reproduce), weight decay and gradient
 clipping. Parameters off the sampled path get no gradient (``grad is None``), so SGD leaves them, their
 momentum and their weight decay untouched that step (``train.zero_grad=zeros`` instead keeps zero gradients,
 as torch 1.x ``zero_grad()`` did in the reference code: every weight seen so far then decays and keeps its
