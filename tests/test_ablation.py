@@ -215,3 +215,45 @@ def test_correlation_interval_brackets_the_point_and_nan_ranks_last():
     assert low < point < high
     with_nan = ablation.correlation_with_ci([np.nan, 2.0, 3.0], [0.0, 1.0, 2.0], 0, 0)
     assert with_nan["kendall_tau"] == [1.0, None, None]
+
+
+def test_two_processes_under_torchrun_write_the_one_process_tables(setup):
+    """``torchrun --nproc_per_node 2`` (gloo, CPU): each rank scores its shard r::2 into its own cache files, the
+    values are gathered and rank 0 alone writes; every CSV table is the 1-process one to the last digit. (Like
+    tests/test_distributed_search.py: ``--standalone`` picks a free port; 1 thread per process, as conftest
+    sets for this process, so every float sum is reduced in the same order.)"""
+    import os
+    axes = ["--sigmas", "1e-3,5e-3;2e-3,1e-2,2e-2", "--alpha", "0,1", "--gamma", "0,2",
+            "--metric", "flatness,accuracy,angle,naswot,synflow+flatness", "--no-plot"]
+    one, two = setup / "one_proc", setup / "two_proc"
+    assert ablation.main(_argv(setup, "one_proc", *axes)) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "genas/ablation.py", *_argv(setup, "two_proc", *axes)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("outputs in ") == 1  # rank 0 alone reports (and writes)
+
+    tables = ["sigmas", "alpha", "gamma", "metric"]
+    expected = sorted([f"{a}.{ext}" for a in tables for ext in ("md", "csv")] + ["ablation.md", "ablation.json"])
+    for out in (one, two):  # one set of tables, no per-rank copies or temporary files
+        assert sorted(p.name for p in out.iterdir() if p.is_file()) == expected
+        assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["cache"]
+    for axis in tables:
+        text_one, text_two = (one / f"{axis}.csv").read_text(), (two / f"{axis}.csv").read_text()
+        assert len(text_one.splitlines()) > 1 and text_two == text_one, axis
+        assert (two / f"{axis}.md").read_text() == (one / f"{axis}.md").read_text()
+    json_one, json_two = (json.loads((out / "ablation.json").read_text()) for out in (one, two))
+    assert json_two["tables"] == json_one["tables"] and json_two["archs"] == json_one["archs"] == ARCHS
+
+    # the work was split r::2 (3 + 3 architectures per quantity) and the cached values are the 1-process ones
+    for name in ("losses", "accuracy", "angle", "naswot", "synflow"):
+        for rank in (0, 1):
+            files = sorted((two / "cache").glob(f"{name}-*-r{rank}.jsonl"))
+            archs = [json.loads(line)["arch"] for p in files for line in p.read_text().splitlines()]
+            assert sorted(archs) == sorted(ARCHS[rank::2] * len(files)), (name, rank)
+        assert not list((two / "cache").glob(f"{name}-*-r[!01].jsonl"))
+        merged_one = sorted((e["arch"], json.dumps(e["value"])) for e in _cached(one, name))
+        merged_two = sorted((e["arch"], json.dumps(e["value"])) for e in _cached(two, name))
+        assert merged_two == merged_one, name
+    assert len(list((two / "cache").glob("reference-synflow-*.json"))) == 1
