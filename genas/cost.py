@@ -19,7 +19,7 @@ from torch import nn
 
 from genas.spaces.base import Arch, SearchSpace
 
-__all__ = ["import_fvcore_nn", "MAC_OPS", "NetworkCost", "standalone_builder", "count_params", "count_macs", "CostConstraint"]
+__all__ = ["import_fvcore_nn", "EVAL_NETWORK", "MAC_OPS", "NetworkCost", "standalone_builder", "count_params", "count_macs", "CostConstraint"]
 
 #: fvcore operator groups that are multiply-adds
 MAC_OPS = ("conv", "linear", "matmul", "addmm", "bmm", "einsum")
@@ -27,6 +27,8 @@ MAC_OPS = ("conv", "linear", "matmul", "addmm", "bmm", "einsum")
 #: Standalone (evaluation) sizes of each space's networks.
 NB201_EVAL = {"C": 16, "N": 5}
 DARTS_CIFAR_EVAL = {"C": 36, "layers": 20}
+#: What the params / MACs of a space describe, for printouts (not the supernet path's own size).
+EVAL_NETWORK = {"nb201": "the C=16, N=5 benchmark network", "darts": "the 20-cell C=36 CIFAR network"}
 
 
 def import_fvcore_nn():

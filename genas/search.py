@@ -39,8 +39,8 @@ from genas.data import build_search_data
 from genas.core.distributed import DistInfo, barrier, cleanup_distributed, init_distributed, resolve_device
 from genas.evolution import (Search, SearchOutcome, SearchSettings, StateError, check_algorithm,
                              expand_to_all)
-from genas.cost import CostConstraint, NetworkCost
-from genas.core.io import atomic_write_json, atomic_write_text, load_checkpoint, sha256_of, write_rows_csv
+from genas.cost import EVAL_NETWORK, CostConstraint, NetworkCost
+from genas.core.io import atomic_write_json, atomic_write_text, sha256_of, write_rows_csv
 from genas.core.results import write_result
 from genas.scoring.scorer import check_score_config
 from genas.spaces import SearchSpace, get_space, init_checkpoint_path, load_supernet, space_options
@@ -343,12 +343,13 @@ def _write_outputs(plan: _Plan, outcome: SearchOutcome, cost: NetworkCost | None
     write_result(out / "summary.json", kind="search", model=model, metrics={"score": outcome.best_score}, **meta)
     return {"out": out, "arch": arch_text, "score": outcome.best_score, "params": params, "outcome": outcome,
             "metric": plan.metric, "files": files, "supernet_seconds": provenance["supernet_seconds"],
-            "supernet_val_accuracy": provenance["supernet_val_accuracy"]}
+            "supernet_val_accuracy": provenance["supernet_val_accuracy"], "space": space.name}
 
 
 def _print_summary(r: Mapping[str, Any]) -> None:
     outcome: SearchOutcome = r["outcome"]
-    params = f"{r['params'] / 1e6:.3f} M params" if r["params"] is not None else "params not counted"
+    params = (f"{r['params'] / 1e6:.3f} M params as {EVAL_NETWORK[r['space']]}" if r["params"] is not None
+              else "params not counted")
     print(f"\nbest architecture ({r['metric']} = {r['score']:.6g}, {params}):\n  {r['arch']}")
     timing = f"search {outcome.seconds:.1f} s ({outcome.seconds / 3600:.3f} h)"
     if r["supernet_seconds"] is not None:

@@ -144,7 +144,9 @@ def test_val_paths_zero_skips_the_path_accuracy_check(finished_run, capsys):
                  "--supernet", str(out / "supernet" / "final.pt"),
                  "--opts", "search.iterations=1", "train.val_paths=0"]) == 0
     assert read_result(other / "summary.json")["meta"]["supernet_val_accuracy"] is None
-    assert "sampled paths" not in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "sampled paths" not in printed
+    assert "M params as the C=16, N=5 benchmark network" in printed  # the size is the standalone network's
 
 
 def test_isomorphic_dedupe_keys_by_class(finished_run):
