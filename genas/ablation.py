@@ -55,8 +55,8 @@ from scipy import stats
 from genas.core.config import ConfigError, load_config
 from genas.core.errors import UsageError, usage_errors
 from genas.core.io import atomic_write, atomic_write_json, atomic_write_text, load_checkpoint, sha256_of
-from genas.scoring.formulas import check_sigmas, combined_score, flatness_from_losses
-from genas.scoring.scorer import METRICS
+from genas.scoring.formulas import check_sigmas
+from genas.scoring.scorer import METRICS, combine_parts
 
 __all__ = ["AblationError", "AXES", "parse_axes", "read_ground_truth", "choose_archs", "shard", "LossCache",
            "score_values", "correlation_with_ci", "main"]
@@ -220,27 +220,14 @@ class LossCache:
 # ------------------------------------------------------------------------------------------------------
 # Scores and statistics
 # ------------------------------------------------------------------------------------------------------
-def score_values(metric: str, parts: Mapping[str, Any], sigmas: Sequence[float], alpha: float, gamma: float,
+def score_values(metric: str, parts: Mapping[str, Any], score_cfg: Mapping[str, Any],
                  references: Mapping[str, float]) -> float:
-    """The score of one architecture from its cached parts, exactly as ``ArchScorer`` combines them:
-    ``parts`` holds ``losses``, ``accuracy``, ``angle`` (radians), ``naswot``, ``log_synflow`` as needed."""
-    names = metric.split("+")
-    base, proxy_column = 0.0, {"naswot": "naswot", "synflow": "log_synflow"}
-    for name in names:
-        if name == "angle":
-            base += parts["angle"] / math.pi
-        elif name == "accuracy":
-            base += parts["accuracy"]
-        elif name in proxy_column:
-            value = parts[proxy_column[name]]
-            base += value / references[name] if "flatness" in names else value
-    if "flatness" not in names:
-        return base
-    losses = parts["losses"]
-    if not all(math.isfinite(v) for v in losses):
-        return -math.inf
-    flat = flatness_from_losses(losses, sigmas, alpha)
-    return combined_score(base, flat, gamma, sigmas[0]) if len(names) > 1 else flat
+    """The score of one architecture from its cached parts (``losses``, ``accuracy``, ``angle`` in radians,
+    ``naswot``, ``log_synflow`` as needed) under the full score config ``score_cfg`` (the config's ``score``
+    section with the swept setting, alpha and gamma applied): ``genas.scoring.scorer.combine_parts``, the
+    combination ``ArchScorer`` itself uses; ``references`` holds the proxy normalisers of ``<proxy>+flatness``."""
+    proxy = next((p for p in metric.split("+") if p in references), None)
+    return combine_parts(metric, parts, score_cfg, references[proxy] if proxy else None)[0]
 
 
 def _rankable(values: Sequence[float]) -> np.ndarray:
@@ -512,8 +499,8 @@ def build_tables(plan: _Plan, values: Mapping[str, Any]) -> dict[str, dict[str, 
 
     def scores(metric: str, setting: Mapping[str, Any] | None, a: float, g: float) -> list[float]:
         key = json.dumps(dict(setting), sort_keys=True) if setting is not None else None
-        sigmas = list(setting["sigmas"]) if setting is not None else list(plan.score["sigmas"])
-        return [score_values(metric, _parts(values, n, key), sigmas, a, g, values["references"]) for n in plan.archs]
+        cfg = {**plan.score, **(setting or {}), "alpha": a, "gamma": g}
+        return [score_values(metric, _parts(values, n, key), cfg, values["references"]) for n in plan.archs]
 
     def cell(s: list[float]) -> dict[str, Any]:
         return correlation_with_ci(s, truth, args.bootstrap, args.seed)

@@ -257,3 +257,28 @@ def test_two_processes_under_torchrun_write_the_one_process_tables(setup):
         merged_two = sorted((e["arch"], json.dumps(e["value"])) for e in _cached(two, name))
         assert merged_two == merged_one, name
     assert len(list((two / "cache").glob("reference-synflow-*.json"))) == 1
+
+
+@pytest.mark.parametrize("metric, options", [("angle+accuracy", {"gamma_acc": 0.3}),
+                                             ("flatness", {"flatness_eps": 1e-3}),
+                                             ("accuracy+flatness", {"flatness_eps": 1e-3, "gamma": 0.5})])
+def test_ablation_scores_combine_parts_exactly_as_the_scorer(setup, metric, options):
+    """One combination (genas.scoring.scorer.combine_parts) for the scorer and the ablation: score.gamma_acc and
+    score.flatness_eps reach the ablation's values."""
+    from genas.core.config import load_config
+    from genas.core.io import load_checkpoint
+    from genas.data import build_search_data
+    from genas.scoring.scorer import ArchScorer
+    from genas.train_supernet import load_supernet
+    cfg = load_config(setup / "config.yaml")
+    data = build_search_data(cfg["data"])
+    score = {**cfg["score"], **options, "metric": metric}
+    scorer = ArchScorer(load_supernet(setup / "sn" / "final.pt"), score, data.train, data.val, "cpu",
+                        init_state_dict=load_checkpoint(setup / "sn" / "init.pt")["model"])
+    plain = {**score, "gamma_acc": 1.0, "flatness_eps": 0.0}
+    for name in ARCHS[:3]:
+        result = scorer(NB201Space().from_string(name))
+        parts = {k: result[k] for k in ("angle", "accuracy", "losses") if result[k] is not None}
+        value = ablation.score_values(metric, parts, score, {})
+        assert value == result["score"]
+        assert ablation.score_values(metric, parts, plain, {}) != pytest.approx(value, rel=1e-9)

@@ -61,7 +61,7 @@ from genas.scoring.formulas import angle_between, combined_score, flatness_from_
 from genas.scoring import proxies
 from genas.spaces.base import Arch, Supernet
 
-__all__ = ["METRICS", "ArchScorer", "check_score_config", "perturbation_config", "path_weight_vector"]
+__all__ = ["METRICS", "ArchScorer", "check_score_config", "combine_parts", "perturbation_config", "path_weight_vector"]
 
 METRICS = ("accuracy", "angle", "flatness", "angle+flatness", "accuracy+flatness", "angle+accuracy",
            "naswot", "synflow", "naswot+flatness", "synflow+flatness")
@@ -316,19 +316,41 @@ class ArchScorer:
                              self.device, self.memory_format)
 
     def _combine(self, result: dict[str, Any]) -> float:
-        sigmas, base = self.perturbation.sigmas, 0.0
-        if self.uses_angle:
-            base += result["angle"] / math.pi
-        if self.uses_accuracy:
-            # angle+accuracy weighs accuracy by score.gamma_acc (paper Table 10); elsewhere it weighs 1
-            base += (float(self.cfg["gamma_acc"]) if self.uses_angle else 1.0) * result["accuracy"]
-        if self.proxy:
-            value = result[PROXY_COLUMNS[self.proxy]]
-            base += self.normalised_proxy(value) if self.uses_flatness else value
-        if not self.uses_flatness:
-            return base
-        result["flatness"] = flatness_from_losses(result["losses"], sigmas, float(self.cfg["alpha"]),
-                                                  float(self.cfg["flatness_eps"]))
-        if self.uses_angle or self.uses_accuracy or self.proxy:
-            return combined_score(base, result["flatness"], float(self.cfg["gamma"]), sigmas[0])
-        return result["flatness"]
+        score, flatness = combine_parts(self.cfg["metric"], result, self.cfg, self.proxy_reference)
+        if self.uses_flatness:
+            result["flatness"] = flatness
+        return score
+
+
+def combine_parts(metric: str, parts: Mapping[str, Any], cfg: Mapping[str, Any],
+                  proxy_reference: float | None = None) -> tuple[float, float | None]:
+    """``(score, flatness)`` of one architecture under ``metric`` from its measured parts: ``angle`` (radians),
+    ``accuracy``, ``naswot`` / ``log_synflow`` and ``losses`` (L_1..L_t), each as the metric needs it.
+    ``cfg`` is a score config (``sigmas``, ``alpha``, ``gamma``, ``gamma_acc``, ``flatness_eps``);
+    ``proxy_reference`` is the normaliser of the proxy in ``<proxy>+flatness``. The one place the score is
+    combined: :class:`ArchScorer` and the ablation (genas/ablation.py) both call it. Non-finite losses give
+    ``(-inf, None)``."""
+    names = metric.split("+")
+    if metric not in METRICS:
+        raise ValueError(f"score.metric must be one of {METRICS}, got {metric!r}")
+    uses_angle, uses_accuracy, uses_flatness = "angle" in names, "accuracy" in names, "flatness" in names
+    proxy = next((p for p in names if p in PROXY_COLUMNS), None)
+    base = 0.0
+    if uses_angle:
+        base += parts["angle"] / math.pi
+    if uses_accuracy:
+        # angle+accuracy weighs accuracy by score.gamma_acc (paper Table 10); elsewhere it weighs 1
+        base += (float(cfg["gamma_acc"]) if uses_angle else 1.0) * parts["accuracy"]
+    if proxy:
+        value = parts[PROXY_COLUMNS[proxy]]
+        base += value / proxy_reference if uses_flatness else value
+    if not uses_flatness:
+        return base, None
+    losses = parts["losses"]
+    if not all(math.isfinite(v) for v in losses):
+        return -math.inf, None
+    sigmas = tuple(float(s) for s in cfg["sigmas"])
+    flatness = flatness_from_losses(losses, sigmas, float(cfg["alpha"]), float(cfg["flatness_eps"]))
+    if uses_angle or uses_accuracy or proxy:
+        return combined_score(base, flatness, float(cfg["gamma"]), sigmas[0]), flatness
+    return flatness, flatness
