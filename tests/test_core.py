@@ -95,3 +95,26 @@ def test_search_rejects_a_bad_scorer_option_before_training(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "sigmas must be strictly increasing" in proc.stderr
     assert not out.exists()
     assert "FutureWarning" not in proc.stderr
+
+
+def test_resume_treats_options_added_later_as_their_defaults(tmp_path):
+    """A run saved before train.lr_schedule existed trained with its default: resuming it is not a change."""
+    from genas.train_supernet import RunExistsError, _check_resume_config
+    saved = config.load_config(None)
+    del saved["train"]["lr_schedule"], saved["supernet"]["affine"]
+    _check_resume_config(saved, config.load_config(None), tmp_path / "last.pt")
+    with pytest.raises(RunExistsError, match=r"train.lr_schedule: 'per_step' -> 'per_epoch'"):
+        _check_resume_config(saved, config.load_config(None, ["train.lr_schedule=per_epoch"]), tmp_path / "last.pt")
+
+
+@pytest.mark.parametrize("key", ["epochs", "checkpoint_every_steps", "log_every_steps"])
+def test_train_counts_must_be_positive(key):
+    from genas.train_supernet import check_train_config
+    with pytest.raises(config.ConfigError, match=f"train.{key} must be >= 1, got 0"):
+        check_train_config(config.load_config(None, [f"train.{key}=0"]))
+
+
+def test_supernet_options_are_the_config_keys():
+    from genas.spaces import SpaceOptionError, build_supernet
+    with pytest.raises(SpaceOptionError, match=r"\['in_chans'\] do not apply to the nb201 supernet"):
+        build_supernet("nb201", 10, in_chans=3)

@@ -10,7 +10,7 @@ import csv
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -20,25 +20,19 @@ __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_tor
            "sha256_of", "write_rows_csv", "CsvLog"]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], None]) -> Path:
     """Call ``write_fn(tmp_path)`` then move the temporary file onto ``path``.
 
-    The file gets the mode a plain ``open(path, "w")`` would give (0666 minus the umask, e.g. 0644), not
-    ``mkstemp``'s private 0600: results, logs and checkpoints are meant to be read by the team.
+    The temporary file is created like a plain ``open(path, "w")`` creates a file (``O_CREAT`` with mode 0666,
+    which the kernel reduces by the current umask, e.g. to 0644), not ``mkstemp``'s private 0600: results, logs
+    and checkpoints are meant to be read by the team. ``O_EXCL`` and a random name keep it private to this call.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write_fn(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
