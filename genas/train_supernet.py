@@ -139,9 +139,12 @@ def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _check_resume_config(saved: Mapping[str, Any], cfg: Mapping[str, Any], path: Path) -> None:
-    """Resuming with settings that change training would silently mix two runs: refuse it."""
-    old, new = _flatten({k: saved[k] for k in ("space", "supernet", "data", "train")}), \
-        _flatten({k: cfg[k] for k in ("space", "supernet", "data", "train")})
+    """Resuming with settings that change training would silently mix two runs: refuse it. A key the saved
+    config lacks (written before that option existed) counts as its default, which is what that run used."""
+    sections = ("space", "supernet", "data", "train")
+    defaults = load_config(None, [f"space={saved['space']}"])
+    old = {**_flatten({k: defaults[k] for k in sections}), **_flatten({k: saved[k] for k in sections})}
+    new = _flatten({k: cfg[k] for k in sections})
     changed = sorted(k for k in old.keys() | new.keys() if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
@@ -172,6 +175,9 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"train.sampling=per_cell (every cell draws its own architecture, RLNAS NAS-Bench-201) "
                           f"applies to nb201 only; the {cfg['space']} supernet shares one normal/reduce "
                           f"architecture across its cells: use train.sampling=shared")
+    for key in ("epochs", "batch_size", "checkpoint_every_steps", "log_every_steps"):
+        if tcfg[key] < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {tcfg[key]}")
     if tcfg["grad_clip"] < 0:
         raise ConfigError(f"train.grad_clip must be >= 0 (0: no clipping), got {tcfg['grad_clip']}")
     if tcfg["nesterov"] and tcfg["momentum"] <= 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from genas.core.config import SUPERNET_DEFAULTS
 from genas.spaces.base import SearchSpace, SpaceOptionError, Supernet
 
 __all__ = ["SPACES", "SPACE_OPTIONS", "SUPERNET_OPTIONS", "space_options", "get_space", "build_supernet"]
@@ -12,7 +13,7 @@ SPACES = ("nb201", "darts")
 #: Keys of the config's ``search`` section that are options of the search space (its proposal operators).
 SPACE_OPTIONS = ("crossover", "mutation_genes", "mutation_ops")
 #: Keyword options of each space's supernet (the config's ``supernet`` section).
-SUPERNET_OPTIONS = {"nb201": ("C", "N", "affine"), "darts": ("C", "layers", "affine", "pool_bn")}
+SUPERNET_OPTIONS = {name: tuple(defaults) for name, defaults in SUPERNET_DEFAULTS.items()}
 
 
 def space_options(search_cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def build_supernet(name: str, num_classes: int, **kwargs) -> Supernet:
     """The one-shot supernet of space ``name``; ``kwargs`` are the space's options (NB201: C=16, N=5,
     affine=True; DARTS: C=16, layers=8, affine=True, pool_bn=False)."""
     if name in SUPERNET_OPTIONS:
-        unknown = sorted(set(kwargs) - set(SUPERNET_OPTIONS[name]) - {"stem_multiplier", "in_chans"})
+        unknown = sorted(set(kwargs) - set(SUPERNET_OPTIONS[name]))
         if unknown:
             raise SpaceOptionError(f"supernet option(s) {unknown} do not apply to the {name} supernet "
                                    f"(options: {list(SUPERNET_OPTIONS[name])})")
