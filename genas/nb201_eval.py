@@ -86,8 +86,13 @@ def read_ground_truth_column(path: str | Path, column: str) -> dict[str, float]:
     """``arch string -> accuracy`` from column ``column`` of a table in the benchmark CSV layout
     (``ArchitectureString`` plus one accuracy column per dataset): the one reader of NB201 ground truth."""
     path = Path(path)
-    return {row[ARCH_COLUMN].strip(): float(row[column]) for row in _read_csv(path, [ARCH_COLUMN, column],
-                                                                                "ground-truth CSV")}
+    truth = {}
+    for i, row in enumerate(_read_csv(path, [ARCH_COLUMN, column], "ground-truth CSV"), start=2):
+        try:
+            truth[(row[ARCH_COLUMN] or "").strip()] = float(row[column])
+        except (TypeError, ValueError):
+            raise EvalError(f"{path}, line {i}: {column} {row[column]!r} is not a number") from None
+    return truth
 
 
 def read_ground_truth_csv(path: str | Path, dataset: str) -> dict[str, float]:
@@ -164,27 +169,22 @@ def _parser() -> argparse.ArgumentParser:
 @usage_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        dataset = _dataset(args.dataset)
-        if args.benchmark_file is not None:
-            try:
-                truth, source = read_ground_truth_api(args.benchmark_file, dataset), str(args.benchmark_file)
-            except ImportError:
-                if args.ground_truth is None:
-                    raise EvalError("--benchmark-file needs the nats_bench package (pip install nats_bench); "
-                                    "or pass --ground-truth CSV") from None
-                print("note: nats_bench is not installed; using the --ground-truth CSV", file=sys.stderr)
-                truth, source = read_ground_truth_csv(args.ground_truth, dataset), str(args.ground_truth)
-        elif args.ground_truth is not None:
+    dataset = _dataset(args.dataset)
+    if args.benchmark_file is not None:
+        try:
+            truth, source = read_ground_truth_api(args.benchmark_file, dataset), str(args.benchmark_file)
+        except ImportError:
+            if args.ground_truth is None:
+                raise EvalError("--benchmark-file needs the nats_bench package (pip install nats_bench); "
+                                "or pass --ground-truth CSV") from None
+            print("note: nats_bench is not installed; using the --ground-truth CSV", file=sys.stderr)
             truth, source = read_ground_truth_csv(args.ground_truth, dataset), str(args.ground_truth)
-        else:
-            raise EvalError("give --ground-truth CSV or --benchmark-file (official NATS-Bench file)")
-        result = {"dataset": dataset, "scores": str(args.scores), "ground_truth": source,
-                  **evaluate(read_scores(args.scores), truth, sorted(set(args.topk)))}
-    except ValueError as e:  # a malformed scores / ground-truth file
-        if isinstance(e, UsageError):
-            raise
-        raise EvalError(str(e)) from None
+    elif args.ground_truth is not None:
+        truth, source = read_ground_truth_csv(args.ground_truth, dataset), str(args.ground_truth)
+    else:
+        raise EvalError("give --ground-truth CSV or --benchmark-file (official NATS-Bench file)")
+    result = {"dataset": dataset, "scores": str(args.scores), "ground_truth": source,
+              **evaluate(read_scores(args.scores), truth, sorted(set(args.topk)))}
     print(_format(result, dataset))
     if args.out is not None:
         atomic_write_json(args.out, result)

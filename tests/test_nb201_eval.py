@@ -61,6 +61,15 @@ def test_unjoined_archs_are_an_error_and_nothing_is_written(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_non_numeric_ground_truth_cell_is_one_line_naming_file_and_line(tmp_path, capsys):
+    gt = _ground_truth(tmp_path / "gt.csv", [10.0, 20.0, 40.0, 30.0])
+    gt.write_text(gt.read_text().replace("40.0", "n/a"))
+    scores = _scores(tmp_path / "scores.csv", zip(ARCHS, [0.1, 0.2, 0.3, 0.4]))
+    assert main(["--scores", str(scores), "--ground-truth", str(gt), "--dataset", "cifar10"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{gt}, line 4: CIFAR10TestAccuracy200Epochs 'n/a' is not a number" in err
+
+
 def _read_gt(path: Path, column: str) -> list[tuple[str, float]]:
     with open(path, newline="") as f:
         return [(r["ArchitectureString"], float(r[column])) for r in csv.DictReader(f)]
