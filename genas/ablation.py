@@ -58,7 +58,7 @@ from genas.core.io import atomic_write, atomic_write_json, atomic_write_text, lo
 from genas.scoring.formulas import check_sigmas
 from genas.scoring.scorer import METRICS, combine_parts
 
-__all__ = ["AblationError", "AXES", "parse_axes", "read_ground_truth", "choose_archs", "shard", "LossCache",
+__all__ = ["AblationError", "AXES", "parse_axes", "read_ground_truth", "choose_archs", "shard", "cache_key", "LossCache",
            "score_values", "correlation_with_ci", "main"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,9 +66,9 @@ PUBLISHED_FILE = REPO / "configs" / "published_results.yaml"
 AXES = ("sigmas", "alpha", "positions", "direction", "noise", "metric", "gamma")
 DATASET_OF_CONFIG = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet16-120": "ImageNet16-120"}
 PUBLISHED_DATASETS = ("cifar10", "ImageNet16-120")
-# Score options that change a perturbed loss (besides the swept ones) and the accuracy / proxies.
-LOSS_KEYS = ("common_random_numbers", "recalib_batches", "eval_batches", "eval_batch_size", "batch_size_recalib",
-             "seed", "hessian_iters", "hessian_tol", "amp")
+# Score options that cannot change a cached value (a perturbed loss, accuracy, angle, proxy): they only enter
+# the combination of the cached parts. Every other score option is part of the cache key.
+NON_CACHE_KEYS = ("alpha", "gamma", "gamma_acc", "flatness_eps", "metric")
 FLATNESS_SETTING_AXES = ("sigmas", "positions", "direction", "noise")
 
 
@@ -186,6 +186,21 @@ def shard(items: Sequence[Any], rank: int, world: int) -> list[Any]:
 # ------------------------------------------------------------------------------------------------------
 def _key_hash(key: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cache_key(supernet_sha: str, data_cfg: Mapping[str, Any], score: Mapping[str, Any],
+              setting: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a cached accuracy / proxy value (``setting=None``) or perturbed loss list (``setting``: its sigmas,
+    positions, direction, noise) depends on: the supernet, the data config and every score option except
+    :data:`NON_CACHE_KEYS`. Without a setting the perturbation options of :data:`FLATNESS_SETTING_AXES` are
+    left out (accuracy and proxies do not perturb)."""
+    key: dict[str, Any] = {"supernet_sha256": supernet_sha, "data": dict(data_cfg)}
+    for name, value in score.items():
+        if name not in NON_CACHE_KEYS and (setting is not None or name not in FLATNESS_SETTING_AXES):
+            key[name] = list(value) if name == "sigmas" else value
+    if setting is not None:
+        key.update({k: (list(v) if k == "sigmas" else v) for k, v in setting.items()})
+    return key
 
 
 class LossCache:
@@ -407,9 +422,7 @@ class _Computer:
     def __init__(self, plan: _Plan, rank: int, world: int):
         self.plan, self.rank, self.world = plan, rank, world
         self.cache_dir = plan.args.out / "cache"
-        base = {"supernet_sha256": plan.supernet_sha, "data": plan.cfg["data"],
-                **{k: plan.score[k] for k in LOSS_KEYS}}
-        self.base_key = base
+        self.base_key = cache_key(plan.supernet_sha, plan.cfg["data"], plan.score)
         self.mine = shard(plan.archs, rank, world)
 
     def _scorer(self, metric: str, extra: Mapping[str, Any] | None = None):
@@ -443,7 +456,7 @@ class _Computer:
         arch = space.from_string
         values: dict[str, Any] = {"losses": {}, "references": {}}
         for setting in plan.settings:
-            key = {**self.base_key, **setting}
+            key = cache_key(plan.supernet_sha, plan.cfg["data"], plan.score, setting)
             scorer = self._scorer("flatness", setting)
             values["losses"][json.dumps(setting, sort_keys=True)] = self._fill(
                 LossCache(self.cache_dir, "losses", key, self.rank), lambda n: scorer(arch(n))["losses"])
@@ -453,7 +466,8 @@ class _Computer:
                                             lambda n: scorer(arch(n))["accuracy"])
         if "angle" in plan.needs:
             scorer = self._scorer("angle")
-            key = {"supernet_sha256": plan.supernet_sha, "init_sha256": sha256_of(plan.args.supernet.parent / "init.pt")}
+            key = {"supernet_sha256": plan.supernet_sha, "init_sha256": sha256_of(plan.args.supernet.parent / "init.pt"),
+                   "angle_vector": plan.score["angle_vector"]}
             values["angle"] = self._fill(LossCache(self.cache_dir, "angle", key, self.rank),
                                          lambda n: scorer.angle(arch(n)))
         for proxy, column in (("naswot", "naswot"), ("synflow", "log_synflow")):

@@ -282,3 +282,25 @@ def test_ablation_scores_combine_parts_exactly_as_the_scorer(setup, metric, opti
         value = ablation.score_values(metric, parts, score, {})
         assert value == result["score"]
         assert ablation.score_values(metric, parts, plain, {}) != pytest.approx(value, rel=1e-9)
+
+
+def test_cache_key_holds_every_score_option_that_changes_a_cached_value():
+    from genas.core.config import DEFAULTS
+    score = dict(DEFAULTS["score"])
+    setting = {k: score[k] for k in ablation.FLATNESS_SETTING_AXES}
+
+    def hashes(**change):
+        cfg = {**score, **change}
+        return (ablation.LossCache(Path("."), "losses", ablation.cache_key("sha", {"name": "digits"}, cfg, setting)).hash,
+                ablation.LossCache(Path("."), "accuracy", ablation.cache_key("sha", {"name": "digits"}, cfg)).hash)
+
+    default = hashes()
+    for option, value in (("bn_recal", "reference"), ("loss_mean", "batches"), ("val_order", "file"),
+                          ("fresh_draws", True), ("recalib_batches_acc", 3), ("seed", 1)):
+        changed = hashes(**{option: value})
+        assert changed[0] != default[0] and changed[1] != default[1], option
+    for option, value in (("alpha", 4.0), ("gamma", 0.5), ("gamma_acc", 0.3), ("flatness_eps", 1e-5),
+                          ("metric", "accuracy")):
+        assert hashes(**{option: value}) == default, option  # only the combination of the parts changes
+    # the accuracy does not perturb: another default sigma list keeps its cache
+    assert hashes(sigmas=[1e-3, 5e-3])[1] == default[1]
