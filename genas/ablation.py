@@ -39,6 +39,8 @@ import hashlib
 import io
 import json
 import math
+import os
+import pickle
 import sys
 import warnings
 from pathlib import Path
@@ -352,7 +354,7 @@ class _Plan:
             raise AblationError("alpha=0 (Eq. 3) needs sigma lists of at least two sigmas")
         try:
             from genas.core.distributed import resolve_device
-            self.device = resolve_device(self.cfg["train"]["device"])
+            self.device = resolve_device(self.cfg["train"]["device"], int(os.environ.get("LOCAL_RANK", "0")))
         except RuntimeError as e:
             raise AblationError(f"--device / train.device: {e}") from None
         try:

@@ -304,3 +304,20 @@ def test_cache_key_holds_every_score_option_that_changes_a_cached_value():
         assert hashes(**{option: value}) == default, option  # only the combination of the parts changes
     # the accuracy does not perturb: another default sigma list keeps its cache
     assert hashes(sigmas=[1e-3, 5e-3])[1] == default[1]
+
+
+def test_plan_resolves_the_device_of_its_local_rank(setup, monkeypatch):
+    """Under torchrun ``cuda`` is each rank's LOCAL_RANK GPU (as in genas/search.py)."""
+    import genas.core.distributed as distributed
+    calls = []
+
+    def fake(name="auto", local_rank=0):
+        calls.append((name, local_rank))
+        return torch.device("cpu")
+
+    monkeypatch.setattr(distributed, "resolve_device", fake)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    args = ablation._parser().parse_args(_argv(setup, "lr", "--alpha", "1", "--device", "cuda"))
+    plan = ablation._Plan(args)
+    assert calls == [("cuda", 1)] and plan.device == torch.device("cpu")
+    assert not (setup / "lr").exists()
