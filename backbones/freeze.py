@@ -86,7 +86,10 @@ def level_dependencies(model: nn.Module, level: int, in_chans: int = 3, setting:
     handles += [m.register_forward_hook(keep(n)) for n, m in norms.items()]
     params = dict(model.named_parameters())
     was_training = model.training
+    already_frozen = [p for p in params.values() if not p.requires_grad]
     try:
+        for p in already_frozen:  # dependencies are read from autograd: it must see every parameter for now
+            p.requires_grad_(True)
         model.eval()
         stride = max(level_strides(model))
         first = next(iter(params.values()), None)
@@ -102,6 +105,8 @@ def level_dependencies(model: nn.Module, level: int, in_chans: int = 3, setting:
     finally:
         for handle in handles:
             handle.remove()
+        for p in already_frozen:
+            p.requires_grad_(False)
         model.train(was_training)
     param_grads, norm_grads = grads[:len(params)], grads[len(params):]
     return FrozenPart(level, tuple(n for n, g in zip(params, param_grads) if g is not None),

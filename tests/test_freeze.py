@@ -60,6 +60,10 @@ def test_freeze_to_level_keeps_exactly_that_part_fixed_in_a_training_step():
     assert changed and not changed & frozen
     assert all(p.grad is None for n, p in model.named_parameters() if n in frozen)
     assert freeze_to_level(model, -1).parameters == ()
+    # freezing again, deeper, on a model that already has frozen parameters: they count and stay frozen
+    deeper = freeze_to_level(model, 2)
+    assert set(deeper.parameters) == _under(model, DARTS_LEVEL_MODULES[2]) > frozen
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == set(deeper.parameters)
 
 
 def test_pruned_levels_and_bad_levels_are_clear_errors():
