@@ -55,8 +55,9 @@ import yaml
 from scipy import stats
 
 from genas.core.config import ConfigError, load_config
+from genas.core.distributed import shard
 from genas.core.errors import UsageError, usage_errors
-from genas.core.io import atomic_write, atomic_write_json, atomic_write_text, load_checkpoint, sha256_of
+from genas.core.io import atomic_write_json, atomic_write_text, load_checkpoint, sha256_of
 from genas.scoring.formulas import check_sigmas
 from genas.scoring.scorer import METRICS, combine_parts
 
@@ -66,7 +67,6 @@ __all__ = ["AblationError", "AXES", "parse_axes", "read_ground_truth", "choose_a
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED_FILE = REPO / "configs" / "published_results.yaml"
 AXES = ("sigmas", "alpha", "positions", "direction", "noise", "metric", "gamma")
-DATASET_OF_CONFIG = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet16-120": "ImageNet16-120"}
 PUBLISHED_DATASETS = ("cifar10", "ImageNet16-120")
 # Score options that cannot change a cached value (a perturbed loss, accuracy, angle, proxy): they only enter
 # the combination of the cached parts. Every other score option is part of the cache key.
@@ -176,11 +176,6 @@ def choose_archs(names: Sequence[str], spec: str, seed: int) -> list[str]:
         picks = np.random.default_rng(seed).choice(len(names), size=n, replace=False)
         return [names[i] for i in sorted(picks)]
     raise AblationError(f"--archs {spec!r}: expected 'all' or 'sample:N'")
-
-
-def shard(items: Sequence[Any], rank: int, world: int) -> list[Any]:
-    """Rank ``rank``'s share of ``items``: indices rank, rank + world, ... (deterministic, disjoint, complete)."""
-    return list(items[rank::world])
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -322,9 +317,8 @@ class _Plan:
             raise AblationError(str(e)) from None
         self.score = dict(self.cfg["score"])
         self.space = get_space(self.cfg["space"])
-        dataset = args.dataset if args.dataset is not None else DATASET_OF_CONFIG.get(self.cfg["data"]["name"])
+        dataset = args.dataset if args.dataset is not None else _nb201_dataset(self.cfg["data"]["name"])
         truth, self.truth_label = read_ground_truth(args.ground_truth, dataset)
-        self.dataset = dataset if self.truth_label != "accuracy" else (dataset or self.cfg["data"]["name"])
         names = []
         for name in truth:
             try:
@@ -396,6 +390,15 @@ class _Plan:
                 settings.append({**self.default_setting(), axis: value})
         unique = {json.dumps(s, sort_keys=True): s for s in settings}
         return list(unique.values())
+
+
+def _nb201_dataset(name: str) -> str | None:
+    """The NAS-Bench-201 dataset of a config's ``data.name`` (genas/nb201_eval.py's matching), None if none."""
+    from genas.nb201_eval import EvalError, _dataset
+    try:
+        return _dataset(name)
+    except EvalError:
+        return None
 
 
 def _published() -> dict[str, Any]:
@@ -635,7 +638,8 @@ def plot(tables: Mapping[str, Any], path: Path) -> Path:
         ax.axhline(0, color="black", lw=0.5)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    from genas.plots import save_figure
+    return save_figure(fig, path)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
