@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import shutil
 import sys
 import tempfile
@@ -34,15 +35,12 @@ from backbones.darts_net import DEFAULT_GENOTYPE, GENERIC, VARIANTS
 from backbones.names import check_model_name
 from genas.core.errors import UsageError, usage_errors
 from genas.core.io import atomic_write_text, load_checkpoint, sha256_of
-from genas.core.results import read_result
+from genas.core.results import find_result_files, read_result
 from genas.cost import count_macs, count_params
 from genas.plots import architecture_key
 from genas.spaces.darts.genotype import format_genotype, genotype_to_json
 
 __all__ = ["ExportError", "export", "main"]
-
-SCHEMA_TAG = b"genas-result"
-
 
 class ExportError(UsageError):
     """An export that cannot work (model, checkpoint, output folder, options); nothing is written."""
@@ -52,8 +50,10 @@ def _network_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The network weights of a training checkpoint (unwrapped, ``module.`` stripped), loaded weights_only."""
     try:
         state = load_checkpoint(checkpoint)
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
         raise ExportError(f"cannot read checkpoint {checkpoint}: {e}") from None
+    if not isinstance(state, dict):
+        raise ExportError(f"{checkpoint} holds a {type(state).__name__}, not a state dict")
     for key in ("state_dict", "model"):
         if isinstance(state.get(key), dict):
             state = state[key]
@@ -85,21 +85,28 @@ def _build(name: str, checkpoint: Path, model_args: dict[str, Any]) -> torch.nn.
     return model
 
 
-def _results_for(name: str, genotype_key: str | None, dirs: Sequence[Path]) -> list[tuple[Path, dict]]:
-    """The suite's result files under ``dirs`` measured on this model (by name, or by cell for generic models)."""
+def _results_for(name: str, genotype_key: str | None, sha256: str, dirs: Sequence[Path]) -> list[tuple[Path, dict]]:
+    """The suite's result files under ``dirs`` measured on these weights: a result naming its checkpoint's
+    sha256 must name this one; one without (e.g. detection, segmentation) counts for a published variant by
+    name, and for a generic model (whose name says nothing of its cell) only by its cell."""
     found = []
-    for d in dirs:
-        for path in sorted(Path(d).rglob("*.json")):
-            if not path.is_file() or SCHEMA_TAG not in path.read_bytes():
-                continue
-            result = read_result(path)
-            same_cell = genotype_key is not None and architecture_key(result["meta"].get("genotype")) == genotype_key
-            if result["kind"] != "search" and (result["model"] == name or same_cell):
-                found.append((path, result))
+    for path in find_result_files(dirs):
+        result = read_result(path)
+        if result["kind"] == "search":
+            continue
+        meta = result["meta"]
+        if meta.get("checkpoint_sha256") is not None:
+            same = meta["checkpoint_sha256"] == sha256
+        elif genotype_key is not None:
+            same = architecture_key(meta.get("genotype")) == genotype_key
+        else:
+            same = result["model"] == name
+        if same:
+            found.append((path, result))
     return found
 
 
-def _model_card(name: str, model: torch.nn.Module, hub_name: str, checkpoint: Path,
+def _model_card(name: str, model: torch.nn.Module, hub_name: str, checkpoint: Path, sha256: str,
                 results: Sequence[tuple[Path, dict]]) -> str:
     cfg = model.pretrained_cfg
     params, macs = count_params(model), count_macs(model, tuple(cfg["input_size"]))
@@ -115,7 +122,7 @@ def _model_card(name: str, model: torch.nn.Module, hub_name: str, checkpoint: Pa
              f"(conv + linear multiply-adds, fvcore)",
              f"- preprocessing: resize / centre-crop {cfg['crop_pct']}, {cfg['interpolation']}, mean {list(cfg['mean'])}, "
              f"std {list(cfg['std'])}",
-             f"- weights: `{checkpoint.name}` (sha256 `{sha256_of(checkpoint)}`)", "",
+             f"- weights: `{checkpoint.name}` (sha256 `{sha256}`)", "",
              "## Usage", "", "```python", "import timm", "import backbones  # registers the GeNAS / DARTS architectures",
              f'model = timm.create_model("local-dir:{hub_name}", pretrained=True).eval()  # or "hf-hub:<user>/<repo>"',
              "```", "", "## Measured results", ""]
@@ -157,7 +164,9 @@ def export(name: str, checkpoint: str | os.PathLike, out: str | os.PathLike, gen
         model_args = {"genotype": genotype if genotype is not None else DEFAULT_GENOTYPE,
                       "C": default_C if C is None else C, "layers": default_layers if layers is None else layers}
     model = _build(name, checkpoint, model_args)
-    found = _results_for(name, architecture_key(model.genotype) if generic else None, [Path(d) for d in results])
+    sha256 = sha256_of(checkpoint)
+    found = _results_for(name, architecture_key(model.genotype) if generic else None, sha256,
+                         [Path(d) for d in results])
     # the genotype as JSON (what darts_imagenet / darts_cifar parse back); published variants need no args
     saved_args = {**model_args, "genotype": genotype_to_json(model.genotype)} if generic else None
 
@@ -165,7 +174,7 @@ def export(name: str, checkpoint: str | os.PathLike, out: str | os.PathLike, gen
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         save_for_hf(model, tmp, model_args=saved_args, safe_serialization=True)
-        atomic_write_text(tmp / "README.md", _model_card(name, model, out.name, checkpoint, found))
+        atomic_write_text(tmp / "README.md", _model_card(name, model, out.name, checkpoint, sha256, found))
         reloaded = timm.create_model(f"local-dir:{tmp}", pretrained=True).eval()
         x = torch.rand(2, *model.pretrained_cfg["input_size"], generator=torch.Generator().manual_seed(0))
         with torch.no_grad():

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 
 import timm
+from timm.models._factory import parse_model_name
 
 import backbones.darts_net  # noqa: F401  (registers the GeNAS / DARTS models before names are listed)
 from genas.core.errors import UsageError
@@ -25,6 +27,14 @@ def check_model_name(name: str, setting: str = "model") -> str:
     the closest timm names and the suite's own models."""
     if isinstance(name, str) and timm.is_model(name):
         return name
+    source, target = parse_model_name(name) if isinstance(name, str) else (None, None)
+    if source == "hf-hub":  # resolved by timm at creation (the hub's config.json names the architecture)
+        return name
+    if source == "local-dir":  # a folder in timm's hub format, e.g. written by python -m backbones.export
+        if (Path(target) / "config.json").is_file():
+            return name
+        raise ModelNameError(f"{setting}={name!r}: {target}/config.json not found; a local-dir: model is a folder "
+                             f"in timm's hub format (python -m backbones.export writes one)")
     close = difflib.get_close_matches(str(name), timm.list_models(), n=5, cutoff=0.5)
     raise ModelNameError(
         f"{setting}={name!r} is not a timm model. Closest timm names: {close or 'none'}; the suite's GeNAS / DARTS "

@@ -56,7 +56,7 @@ import yaml
 
 from genas.core.errors import UsageError, usage_errors
 from genas.core.io import atomic_write_text
-from genas.core.results import read_result
+from genas.core.results import find_result_files, read_result
 from genas.plots import architecture_key
 from report.plots import plot_metric_bars
 
@@ -66,7 +66,6 @@ __all__ = ["ReportError", "Column", "COLUMNS", "GROUPS", "Row", "find_result_fil
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED_FILE = REPO / "configs" / "published_results.yaml"
 MISSING = "—"
-SCHEMA_TAG = b"genas-result"
 MEASURED = "measured"
 PUBLISHED = "published"
 # Kinds whose meta describes the classification network itself (detection/segmentation meta would count
@@ -134,17 +133,6 @@ class Row:
 # --------------------------------------------------------------------------------------------------
 # Reading results
 # --------------------------------------------------------------------------------------------------
-def find_result_files(dirs: Sequence[str | Path]) -> list[Path]:
-    """Every ``*.json`` under ``dirs`` (recursively, sorted) whose text carries the result schema tag."""
-    found = []
-    for d in dirs:
-        d = Path(d)
-        if not d.is_dir():
-            raise ReportError(f"--results {d}: not a folder")
-        found += [p for p in sorted(d.rglob("*.json")) if p.is_file() and SCHEMA_TAG in p.read_bytes()]
-    return list(dict.fromkeys(p.resolve() for p in found))
-
-
 def load_results(dirs: Sequence[str | Path]) -> list[tuple[Path, dict]]:
     """``(path, result)`` of every result file under ``dirs``; :class:`ResultFileError` names a bad file."""
     files = find_result_files(dirs)

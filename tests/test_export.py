@@ -65,6 +65,16 @@ def test_published_variant_round_trips_with_its_model_card(tmp_path):
     assert "params: 5.195 M" in card and "MACs: 0.579 G at 224x224" in card  # 5,195,172 params (test_backbones)
     assert "| robustness | imagenet-a | top1 | 5.65 | `a.json` |" in card and "| ece | 7.50 |" in card
     assert "4.00" not in card
+    # a result naming another checkpoint's sha256 is not this model's, whatever its model name
+    write_result(runs / "other_weights.json", "robustness", "genas_c100", {"top1": 9.99}, set="imagenet-v2",
+                 checkpoint_sha256="0" * 64)
+    export("genas_c100", ckpt, tmp_path / "hub2", results=[runs, runs / "."])  # overlapping folders: each file once
+    card2 = (tmp_path / "hub2" / "README.md").read_text()
+    assert "9.99" not in card2 and card2.count("`a.json`") == 3  # a.json's three metrics, listed once each
+    from backbones.names import ModelNameError, check_model_name
+    assert check_model_name(f"local-dir:{out}") == f"local-dir:{out}"  # the exported folder is a model name
+    with pytest.raises(ModelNameError, match="config.json not found"):
+        check_model_name(f"local-dir:{tmp_path / 'nowhere'}")
 
 
 def test_searched_genotype_round_trips(tmp_path):
@@ -102,6 +112,13 @@ def test_bad_exports_write_nothing(tmp_path, capsys):
     assert "not a GeNAS / DARTS model" in capsys.readouterr().err
     assert main(["--model", "darts_cifar", "--checkpoint", str(tmp_path / "none.pth"), "--out", str(out)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+    for bad, content in (("garbage.pth", b"not a pickle"), ("list.pth", None)):
+        path = tmp_path / bad
+        path.write_bytes(content) if content else torch.save([1, 2], path)
+        assert main(["--model", "darts_cifar", "--checkpoint", str(path), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("cannot read checkpoint" in err or "not a state dict" in err), err
+        path.unlink()
     with pytest.raises(ExportError, match="cannot load checkpoint"):  # wrong cell for these weights
         export("darts_cifar", ckpt, out, genotype="darts_v2", C=4, layers=5)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["c.pth"]  # no temporary folder left

@@ -23,7 +23,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from genas.core.errors import UsageError
 from genas.core.io import atomic_write_json
@@ -31,7 +31,8 @@ from genas.core.io import atomic_write_json
 SCHEMA = "genas-result/1"
 KINDS = ("search", "robustness", "detection", "segmentation", "imagenet")
 
-__all__ = ["SCHEMA", "KINDS", "ResultFileError", "write_result", "read_result", "validate_result"]
+__all__ = ["SCHEMA", "SCHEMA_TAG", "KINDS", "ResultFileError", "write_result", "read_result", "validate_result",
+           "find_result_files"]
 
 
 class ResultFileError(UsageError):
@@ -84,3 +85,19 @@ def read_result(path: str | os.PathLike) -> dict:
     except json.JSONDecodeError as e:
         raise ResultFileError(f"{path}: not valid JSON ({e})") from None
     return validate_result(result, source=str(path))
+
+
+SCHEMA_TAG = SCHEMA.split("/")[0].encode()  # b"genas-result": what a result file's text carries
+
+
+def find_result_files(dirs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Every ``*.json`` under ``dirs`` (recursively, sorted, each once even when folders overlap) whose text
+    carries the result schema tag; other JSON files (Detectron2's and MMEngine's JSON-lines logs) are skipped.
+    A ``dirs`` entry that is not a folder is a :class:`ResultFileError`."""
+    found = []
+    for d in dirs:
+        d = Path(d)
+        if not d.is_dir():
+            raise ResultFileError(f"--results {d}: not a folder")
+        found += [p for p in sorted(d.rglob("*.json")) if p.is_file() and SCHEMA_TAG in p.read_bytes()]
+    return list(dict.fromkeys(p.resolve() for p in found))
