@@ -57,9 +57,9 @@ from scipy import stats
 from genas.core.config import ConfigError, load_config
 from genas.core.distributed import shard
 from genas.core.errors import UsageError, usage_errors
-from genas.core.io import atomic_write_json, atomic_write_text, load_checkpoint, sha256_of
+from genas.core.io import atomic_write_json, atomic_write_text, sha256_of
 from genas.scoring.formulas import check_sigmas
-from genas.scoring.scorer import METRICS, combine_parts
+from genas.scoring.scorer import METRICS, check_score_config, combine_parts
 
 __all__ = ["AblationError", "AXES", "parse_axes", "read_ground_truth", "choose_archs", "shard", "cache_key", "LossCache",
            "score_values", "correlation_with_ci", "main"]
@@ -302,7 +302,7 @@ class _Plan:
 
     def __init__(self, args: argparse.Namespace):
         from genas.data import DatasetError, build_search_data
-        from genas.spaces import get_space
+        from genas.spaces import get_space, init_checkpoint_path
 
         self.args = args
         self.axes = parse_axes(args)
@@ -329,7 +329,7 @@ class _Plan:
         self.truth = {self.space.to_string(self.space.from_string(n)): v for n, v in truth.items()}
         self.archs = choose_archs(list(dict.fromkeys(names)), args.archs, args.seed)
         self.metrics = self.axes.get("metric", [])
-        init_path = args.supernet.parent / "init.pt"
+        init_path = self.init_path = init_checkpoint_path(args.supernet)
         self.has_init = init_path.is_file()
         gamma_metrics = [m for m in self.metrics if "flatness" in m.split("+") and m != "flatness"]
         if "gamma" in self.axes and not gamma_metrics:
@@ -346,6 +346,12 @@ class _Plan:
         sigma_lists = self.axes.get("sigmas", []) + [list(self.score["sigmas"])]
         if 0.0 in alphas and any(len(s) < 2 for s in sigma_lists):
             raise AblationError("alpha=0 (Eq. 3) needs sigma lists of at least two sigmas")
+        self.settings = self._loss_settings()
+        for setting in self.settings or [{}]:  # every swept score setting is valid (ArchScorer's own checks)
+            try:
+                check_score_config({**self.score, **setting})
+            except ValueError as e:
+                raise AblationError(f"score setting {setting}: {e}" if setting else f"score: {e}") from None
         try:
             from genas.core.distributed import resolve_device
             self.device = resolve_device(self.cfg["train"]["device"], int(os.environ.get("LOCAL_RANK", "0")))
@@ -355,26 +361,18 @@ class _Plan:
             self.data = build_search_data(self.cfg["data"])
         except DatasetError as e:
             raise AblationError(str(e)) from None
-        from genas.train_supernet import load_supernet
-        try:
-            self.supernet = load_supernet(args.supernet, self.device)
-        except (ValueError, RuntimeError, KeyError) as e:
-            raise AblationError(f"cannot load the supernet checkpoint {args.supernet}: {e}") from None
-        if self.supernet.space.name != self.space.name:
-            raise AblationError(f"{args.supernet} is a {self.supernet.space.name} supernet but the config is "
-                                f"for {self.space.name}")
-        if self.supernet.num_classes != self.data.num_classes:
-            raise AblationError(f"{args.supernet} classifies {self.supernet.num_classes} classes but data.name="
-                                f"{self.cfg['data']['name']} has {self.data.num_classes}")
-        self.init_state = load_checkpoint(init_path)["model"] if "angle" in self.needs else None
-        self.settings = self._loss_settings()
-        for setting in self.settings:  # every perturbation setting is valid (PerturbationConfig checks)
-            from genas.scoring.perturbation import PerturbationConfig
+        from genas.spaces import LayoutError, load_supernet
+
+        def load(path: Path):  # our checkpoint or a reference-layout one (as genas/search.py loads them)
             try:
-                PerturbationConfig(sigmas=tuple(setting["sigmas"]), noise=setting["noise"],
-                                   positions=setting["positions"], direction=setting["direction"])
-            except ValueError as e:
-                raise AblationError(f"score setting {setting}: {e}") from None
+                return load_supernet(path, self.space.name, self.data.num_classes, **self.cfg["supernet"])
+            except LayoutError as e:  # its message names the file
+                raise AblationError(str(e)) from None
+            except (ValueError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
+                raise AblationError(f"cannot load the supernet checkpoint {path}: {e}") from None
+
+        self.supernet = load(args.supernet).to(self.device)
+        self.init_state = load(init_path).state_dict() if "angle" in self.needs else None
         self.published = _published()
         self.supernet_sha = sha256_of(args.supernet)
 
@@ -471,7 +469,7 @@ class _Computer:
                                             lambda n: scorer(arch(n))["accuracy"])
         if "angle" in plan.needs:
             scorer = self._scorer("angle")
-            key = {"supernet_sha256": plan.supernet_sha, "init_sha256": sha256_of(plan.args.supernet.parent / "init.pt"),
+            key = {"supernet_sha256": plan.supernet_sha, "init_sha256": sha256_of(plan.init_path),
                    "angle_vector": plan.score["angle_vector"]}
             values["angle"] = self._fill(LossCache(self.cache_dir, "angle", key, self.rank),
                                          lambda n: scorer.angle(arch(n)))

@@ -162,6 +162,8 @@ def test_nb201_layout_ground_truth_and_metric_axis_with_angle_and_proxies(setup)
     (["--archs", "sample:99", "--alpha", "1"], "sample:99"),
     ([], "no sweep axis"),
     (["--positions", "stem"], "--positions"),
+    (["--alpha", "1", "--opts", "score.flatness_eps=-1"], "score.flatness_eps must be a number >= 0"),
+    (["--direction", "hessian", "--opts", "score.hessian_iters=0"], "hessian_iters"),
 ])
 def test_bad_options_exit_2_with_one_line_and_write_nothing(setup, extra, message, capsys):
     assert ablation.main(_argv(setup, "bad", *extra)) == 2
@@ -321,3 +323,15 @@ def test_plan_resolves_the_device_of_its_local_rank(setup, monkeypatch):
     plan = ablation._Plan(args)
     assert calls == [("cuda", 1)] and plan.device == torch.device("cpu")
     assert not (setup / "lr").exists()
+
+
+def test_unreadable_supernet_checkpoint_is_one_line_exit_2(setup, tmp_path, capsys):
+    (tmp_path / "sn").mkdir()
+    (tmp_path / "sn" / "final.pt").write_bytes(b"not a checkpoint" * 8)
+    argv = _argv(setup, "x", "--alpha", "1")
+    argv[1] = str(tmp_path / "sn" / "final.pt")
+    argv[argv.index("--out") + 1] = str(tmp_path / "out")
+    assert ablation.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "final.pt" in lines[0], lines
+    assert not (tmp_path / "out").exists()
