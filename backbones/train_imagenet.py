@@ -153,13 +153,21 @@ def _image_folder(root: Path, split: str, transform: Any) -> Optional[ImageFolde
         raise TrainError(f"{path}: not a usable ImageFolder tree ({exc})") from None
 
 
+def build_criterion(cfg: Mapping[str, Any]) -> nn.Module:
+    """The training loss of the recipe: cross-entropy with ``label_smoothing`` (reference 0.1), torch's own."""
+    return nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+
+
 def _build_model(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
     kwargs: dict[str, Any] = dict(num_classes=num_classes, auxiliary=cfg["auxiliary_weight"] > 0)
     if cfg["genotype"] is not None:
         kwargs["genotype"] = cfg["genotype"]
     if cfg["C"] is not None:
         kwargs["C"] = cfg["C"]
-    return timm.create_model(cfg["model"], **kwargs)
+    try:
+        return timm.create_model(cfg["model"], **kwargs)
+    except ValueError as e:  # the network's own checks (e.g. an odd C) name the setting
+        raise TrainError(f"cannot build {cfg['model']}: {e}") from None
 
 
 def _epoch_indices(num_samples: int, epoch: int, seed: int, info: DistInfo) -> list[int]:
@@ -275,6 +283,9 @@ def _train(cfg: dict[str, Any], out: Path, resume: bool, info: DistInfo) -> Path
         # on CPU: load_state_dict moves model / optimizer tensors to their parameters' device, and the RNG
         # states must stay CPU ByteTensors
         state = load_checkpoint(last_path, map_location="cpu")
+        if "scheduler" not in state or not isinstance(state.get("rng"), list):
+            raise TrainError(f"{last_path} was written by an older version of this trainer (no scheduler state, "
+                             f"one RNG state for all ranks); it cannot be resumed exactly: start a new --output")
         _check_resume(state["config"], cfg, last_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -286,7 +297,7 @@ def _train(cfg: dict[str, Any], out: Path, resume: bool, info: DistInfo) -> Path
     ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
         if info.world_size > 1 else None
     net = ddp or model
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+    criterion = build_criterion(cfg)
 
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)

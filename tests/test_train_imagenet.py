@@ -79,7 +79,8 @@ def test_reference_scheduler_is_a_torch_lambdalr_giving_the_schedule():
 
 def test_label_smoothing_is_torch_cross_entropy():
     logits, labels = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0])
-    loss = torch.nn.CrossEntropyLoss(label_smoothing=0.1)(logits, labels)
+    loss = train_imagenet.build_criterion(DEFAULTS)(logits, labels)  # the recipe's loss, label_smoothing 0.1
+    assert DEFAULTS["label_smoothing"] == 0.1
     log_p = torch.log_softmax(logits, 1)[0]
     # (1 - 0.1) * NLL of the label + 0.1 * mean NLL over the 3 classes
     assert loss.item() == pytest.approx(-(0.9 * log_p[0] + 0.1 * log_p.mean()).item(), rel=1e-6)
@@ -142,7 +143,9 @@ def test_smoke_train_stop_resume_finish(tiny_imagefolder, tmp_path, capsys, monk
     monkeypatch.setattr(train_imagenet, "load_checkpoint",
                         lambda path, map_location: loads.append(map_location) or load_checkpoint(path, map_location))
     restored = []
-    monkeypatch.setattr(train_imagenet, "set_rng_states", lambda s, device: restored.append(s["torch_rng"].clone()))
+    real_set_rng_states = train_imagenet.set_rng_states  # recorded, then really restored
+    monkeypatch.setattr(train_imagenet, "set_rng_states",
+                        lambda s, device: restored.append(s["torch_rng"].clone()) or real_set_rng_states(s, device))
     assert main(common + ["--resume"]) == 0
     assert loads == ["cpu"] and len(restored) == 1 and torch.equal(restored[0], state["rng"][0]["torch_rng"])
     rows = _rows(out / "train_log.csv")
@@ -182,10 +185,21 @@ def test_clear_errors(tiny_imagefolder, tmp_path, capsys):
                  "--output", str(tmp_path / "e"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: genotype: cannot parse genotype string") and err.count("\n") == 1
+    assert main(["--data", str(tiny_imagefolder), "--model", "genas_c100", "--C", "45", "--output",
+                 str(tmp_path / "g"), "--device", "cpu"]) == 2  # the network's own check, as one line
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot build genas_c100:") and "even" in err and err.count("\n") == 1
+    old = tmp_path / "old"  # a last.pth of the trainer before the scheduler / per-rank RNG states
+    old.mkdir()
+    torch.save({"config": {}, "model": {}, "rng": {"torch_rng": torch.get_rng_state()}}, old / "last.pth")
+    assert main(["--data", str(tiny_imagefolder), "--output", str(old), "--resume", "--device", "cpu", "--epochs",
+                 "2", "--warmup-epochs", "1", "--batch-size", "4", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "written by an older version of this trainer" in err and err.count("\n") == 1
     if not torch.cuda.is_available():
         assert main(["--data", str(tiny_imagefolder), "--output", str(tmp_path / "f"), "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
-    assert not any((tmp_path / d).exists() for d in "acef")
+    assert not any((tmp_path / d).exists() for d in "acefg")
 
 
 def test_bf16_channels_last(tiny_imagefolder, tmp_path):

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "resolve_device", "init_distributed", "cleanup_distributed", "get_rank", "get_world_size",
+from genas.core.errors import UsageError
+
+__all__ = ["DeviceError", "DistInfo", "resolve_device", "init_distributed", "cleanup_distributed", "get_rank", "get_world_size",
            "is_main", "barrier", "all_reduce_sum", "seed_everything", "get_rng_states", "set_rng_states",
            "AMP_DTYPES", "amp_dtype", "shard", "shard_owner", "all_gather_objects", "broadcast_object"]
 
@@ -44,14 +46,21 @@ class DistInfo:
         return self.rank == 0
 
 
+class DeviceError(UsageError, RuntimeError):
+    """A device that this machine does not have (a RuntimeError too, as torch's own device errors are)."""
+
+
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` -> the local GPU if there is one, else CPU; ``cuda`` -> this process's GPU under torchrun."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:  # torch: "Expected one of cpu, cuda, ... device type at start of device string"
+        raise DeviceError(f"device {name!r}: {e}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} requested but CUDA is not available; use device=cpu")
+            raise DeviceError(f"device {name!r} requested but CUDA is not available; use device=cpu")
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device
