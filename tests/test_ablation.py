@@ -335,3 +335,29 @@ def test_unreadable_supernet_checkpoint_is_one_line_exit_2(setup, tmp_path, caps
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "final.pt" in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bn_recal", ["exact", "reference"])
+def test_naswot_plus_flatness_takes_naswot_in_the_one_recalibration_with_bn_recal(setup, bn_recal):
+    """scorer.py: naswot+flatness measures naswot inside the flatness's BN recalibration (score.bn_recal mode),
+    the same value as the naswot metric alone with that mode."""
+    from genas.core.config import load_config
+    from genas.data import build_search_data
+    from genas.scoring.scorer import ArchScorer
+    from genas.train_supernet import load_supernet
+    cfg = load_config(setup / "config.yaml")
+    data = build_search_data(cfg["data"])
+    supernet = load_supernet(setup / "sn" / "final.pt")
+    score = {**cfg["score"], "bn_recal": bn_recal}
+    both = ArchScorer(supernet, {**score, "metric": "naswot+flatness"}, data.train, data.val, "cpu")
+    alone = ArchScorer(supernet, {**score, "metric": "naswot"}, data.train, data.val, "cpu")
+    exact = ArchScorer(supernet, {**score, "bn_recal": "exact", "metric": "naswot"}, data.train, data.val, "cpu")
+    values = []
+    for name in ARCHS[:3]:
+        arch = NB201Space().from_string(name)
+        result = both(arch)
+        assert result["naswot"] == pytest.approx(alone(arch)["naswot"], rel=1e-9)
+        assert result["naswot"] == pytest.approx(alone.proxy_value(arch), rel=1e-9)
+        values.append((result["naswot"], exact(arch)["naswot"]))
+    if bn_recal == "reference":  # the mode reaches naswot's recalibration
+        assert any(v != pytest.approx(e, rel=1e-9) for v, e in values)

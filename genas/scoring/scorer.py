@@ -235,7 +235,7 @@ class ArchScorer:
 
     def proxy_value(self, arch: Arch) -> float:
         """The raw training-free proxy of ``arch`` (:mod:`genas.scoring.proxies`) on the supernet path:
-        ``naswot`` on the first validation batch, in eval mode with BN recalibrated as for ``accuracy``;
+        ``naswot`` on the first validation batch, in eval mode with BN recalibrated as for ``accuracy`` (``score.bn_recal``);
         ``synflow`` with an all-ones input of the validation images' shape (BN is an identity there).
         ``synflow`` is reported as ``ln(synflow)`` (it spans orders of magnitude; -inf for a path that
         passes no signal), ``naswot`` as the log-determinant itself."""
@@ -249,7 +249,7 @@ class ArchScorer:
         def forward(inp: torch.Tensor) -> torch.Tensor:
             return self.supernet(inp, arch)
 
-        with recalibrated_bn(self.supernet, forward, self.recalib_batches, self.amp_dtype):
+        with recalibrated_bn(self.supernet, forward, self.recalib_batches, self.amp_dtype, self.cfg["bn_recal"]):
             return proxies.naswot(self.supernet, x, arch)
 
     def _proxy_reference(self) -> float:
@@ -277,7 +277,9 @@ class ArchScorer:
                                   "angle": None, "finite": True}
         if self.uses_angle:
             result["angle"] = self.angle(arch)
-        if self.proxy:
+        # naswot+flatness: naswot is taken inside the flatness's own BN recalibration (one recalibration)
+        naswot_in_block = self.proxy == "naswot" and self.uses_flatness
+        if self.proxy and not naswot_in_block:
             result[PROXY_COLUMNS[self.proxy]] = self.proxy_value(arch)
         if self.uses_accuracy or self.uses_flatness:
             def forward(x: torch.Tensor) -> torch.Tensor:
@@ -291,6 +293,8 @@ class ArchScorer:
                     result["accuracy"] = top1_accuracy(forward, self.val_batches, self.amp_dtype)
             with recalibrated_bn(self.supernet, forward, self._recalibration(self.recalib_batches), self.amp_dtype,
                                  mode):
+                if naswot_in_block:
+                    result["naswot"] = proxies.naswot(self.supernet, self.val_batches[0][0], arch)
                 if self.uses_accuracy and self.acc_recalib_batches is None:
                     result["accuracy"] = top1_accuracy(forward, self.val_batches, self.amp_dtype)
                 if self.uses_flatness:
