@@ -119,3 +119,4 @@ def test_the_checker_catches_a_violation(tmp_path):
     modules = product_modules()
     assert "backbones.darts_net" in project_targets(names, modules)
     assert "genas.spaces.sibling.x" in names
+    assert LAYERS[part_of("backbones.darts_net")] > LAYERS[part_of("genas.spaces.probe")]  # the rule flags it

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +21,11 @@ from genas.spaces.darts.genotype import PRIMITIVES
 from genas.spaces.nb201.space import EDGES
 from genas.spaces.nb201.ops import OP_NAMES
 
-LAYOUT = Path(__file__).resolve().parents[2] / "shared" / "reference" / "reference_darts_supernet_layout.json"
-needs_layout = pytest.mark.skipif(not LAYOUT.is_file(), reason=f"reference layout JSON not found at {LAYOUT}")
+from conftest import SHARED_DATA  # noqa: E402
+
+LAYOUT = SHARED_DATA.parent / "reference" / "reference_darts_supernet_layout.json"
+needs_layout = pytest.mark.skipif(not LAYOUT.is_file(), reason=f"reference layout JSON not found at {LAYOUT} (it sits "
+                                  f"in reference/ beside the shared data folder GENAS_SHARED_DATA names)")
 
 
 # ----------------------------------------------------------------------------------------------------------

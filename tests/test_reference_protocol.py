@@ -23,11 +23,14 @@ from genas.spaces import SpaceOptionError, build_supernet, get_space, space_opti
 from genas.spaces.darts.space import repair
 from genas.train_supernet import check_train_config, train_step
 
+from conftest import SHARED_DATA  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted((REPO / "configs" / "search" / "reference").glob("*.yaml"))
-SPLITS = REPO.parent / "shared" / "data" / "nb201" / "splits"
+SPLITS = SHARED_DATA / "nb201" / "splits"
 needs_splits = pytest.mark.skipif(not (SPLITS / "cifar-split.txt").is_file(),
-                                  reason=f"NB201 split files not found in {SPLITS} (they are not committed)")
+                                  reason=f"NB201 split files not found in {SPLITS} (not committed: set GENAS_SHARED_DATA "
+                                         f"to the folder holding nb201/splits/, or get them from AutoDL-Projects)")
 
 
 # ---------------------------------------------------------------------------------------------- supernet

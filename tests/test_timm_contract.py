@@ -141,7 +141,7 @@ def test_fx_forward_and_backward(name):
 
 def test_auxiliary_head_traces_and_returns_the_pair_in_training():
     """With an auxiliary head a training forward returns (logits, aux_logits), traced by FX too (the ``return_aux``
-    flag is never a traced condition); eval and TorchScript return the logits."""
+    flag is never a traced condition); eval returns the logits alone."""
     torch.manual_seed(0)
     model = timm.create_model("genas_c100", auxiliary=True, num_classes=5, C=8).train()
     x = _x("genas_c100", 2)
@@ -155,6 +155,7 @@ def test_auxiliary_head_traces_and_returns_the_pair_in_training():
 
     traced = torch.fx.GraphModule(model, Tracer().trace(model))  # return_aux is a placeholder here
     traced_logits, traced_aux = traced(x)
+    torch.testing.assert_close(traced_logits, logits)
     torch.testing.assert_close(traced_aux, aux)
     model.eval()
     assert isinstance(model(x), torch.Tensor) and model(x, return_aux=True)[1] is None
