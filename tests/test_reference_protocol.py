@@ -296,6 +296,9 @@ def test_score_gamma_acc_and_recalib_batches_acc_by_hand():
     with recalibrated_bn(net, lambda x: net(x, arch), own):
         expected = top1_accuracy(lambda x: net(x, arch), scorer.val_batches)
     assert r["accuracy"] == expected and len(scorer.acc_recalib_batches) == 3 and len(scorer.recalib_batches) == 2
+    # the accuracy's BN batches are exactly these (at chance level on random data, the accuracy alone could not tell)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(scorer.acc_recalib_batches, own))
+    assert not torch.equal(scorer.acc_recalib_batches[0][0], scorer.recalib_batches[0][0][:8])
 
 
 def test_score_angle_vector_reference_all_paths_blocked_scores_zero():
