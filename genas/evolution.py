@@ -50,6 +50,7 @@ from genas.core.distributed import (all_gather_objects, broadcast_object, get_ra
 from genas.core.errors import UsageError
 from genas.core.io import atomic_write_json
 from genas.spaces.base import Arch, SearchSpace
+from genas.spaces.registry import SPACE_OPTIONS
 
 __all__ = [
     "ALGORITHMS", "SearchSettings", "SearchOutcome", "Search", "ScoreFn", "Constraint", "rank_value",
@@ -110,9 +111,10 @@ class SearchSettings:
     def from_config(cls, search_cfg: Mapping[str, Any]) -> "SearchSettings":
         """Settings from a config's ``search`` section (``max_params``/``max_flops`` are the constraint's)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(search_cfg) - names - {"max_params", "max_flops", "crossover", "mutation_genes", "mutation_ops"})
+        known = names | {"max_params", "max_flops"} | set(SPACE_OPTIONS)  # constraint and space options
+        unknown = sorted(set(search_cfg) - known)
         if unknown:
-            raise ValueError(f"unknown search option(s) {unknown}; valid: {sorted(names | {'max_params', 'max_flops'})}")
+            raise ValueError(f"unknown search option(s) {unknown}; valid: {sorted(known)}")
         return cls(**{k: v for k, v in search_cfg.items() if k in names})
 
     @property

@@ -1,7 +1,7 @@
 """The architecture scores of GeNAS as pure functions of measured numbers (paper Eq. 3-5, RLNAS angle).
 
 Everything that needs a network (perturbed losses, BN recalibration, accuracy) lives in
-:mod:`genas.scoring.perturbation`; the metric combination lives in :mod:`genas.scoring`. Keeping the formulas here,
+:mod:`genas.scoring.perturbation`; the metric combination lives in :mod:`genas.scoring.scorer`. Keeping the formulas here,
 free of torch modules, lets them be checked against hand-computed values.
 """
 from __future__ import annotations
