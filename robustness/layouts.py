@@ -200,8 +200,8 @@ def scan_imagenet_c(root: str | os.PathLike, corruptions: Sequence[str], severit
     present = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
     unknown = sorted(present - set(known))
     if unknown:
-        hint = (f"; the folders look like class folders: point --data at the ImageNet-C root, not at one "
-                f"severity folder" if any(n.startswith("n") and n[1:].isdigit() for n in unknown) else "")
+        hint = ("; the folders look like class folders: point --data at the ImageNet-C root, not at one "
+                "severity folder" if any(n.startswith("n") and n[1:].isdigit() for n in unknown) else "")
         raise LayoutError(f"imagenet-c: {root} is not in the expected layout: {description}; unknown corruption "
                           f"folder(s) {', '.join(unknown[:5])}{hint}")
     selected = [c for c in corruptions if c in present]

@@ -1,7 +1,8 @@
 """Metrics of the robustness protocols: top-k accuracy, calibration, OOD detection and ImageNet-C's CE / mCE.
 
-Calibration: the expected calibration error (ECE) over 15 equal-width bins of the top-1 confidence, the bins
-of torchmetrics' ``MulticlassCalibrationError(n_bins=15, norm='l1')`` (a test checks the two agree), and the
+Calibration: the expected calibration error (ECE) over 15 equal-width bins of the top-1 confidence, computed by
+torchmetrics (``binary_calibration_error`` on (top-1 confidence, correct): what ``MulticlassCalibrationError(n_bins=15,
+norm='l1')`` computes from the probabilities; a test checks the two agree and a hand-worked case), and the
 mean negative log-likelihood (NLL) of the target class, in nats.
 
 OOD detection follows Hendrycks et al. (ImageNet-O): the anomaly score is the negative maximum softmax
@@ -28,7 +29,7 @@ import torch
 import yaml
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-__all__ = ["ECE_BINS", "topk_correct", "max_softmax_anomaly_score", "calibration_bins", "expected_calibration_error",
+__all__ = ["ECE_BINS", "topk_correct", "expected_calibration_error",
            "fpr_at_recall", "ood_detection_metrics", "alexnet_reference", "corruption_errors"]
 
 ECE_BINS = 15
@@ -47,30 +48,16 @@ def topk_hits(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (
     return {k: hits[:, :k].any(dim=1) for k in ks}
 
 
-def max_softmax_anomaly_score(logits: torch.Tensor) -> torch.Tensor:
-    """Higher = more anomalous: minus the largest class probability."""
-    return -logits.float().softmax(dim=1).amax(dim=1)
-
-
-def calibration_bins(confidence: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
-    """The bin of each top-1 confidence: equal-width bins of [0, 1], right edges excluded, as torchmetrics'
-    ``torch.bucketize(conf, linspace(0, 1, n_bins + 1), right=True) - 1`` (a confidence of exactly 1.0 gets bin
-    ``n_bins``, as there)."""
-    confidence = torch.as_tensor(np.asarray(confidence, dtype=np.float32))
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float32)
-    return (torch.bucketize(confidence, edges, right=True) - 1).numpy()
-
-
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> float:
-    """ECE in percent: sum over bins of |accuracy - mean confidence| weighted by the bin's share of images."""
-    confidence = np.asarray(confidence, dtype=np.float32)
-    correct = np.asarray(correct, dtype=bool)
+    """ECE in percent: sum over equal-width bins of |accuracy - mean top-1 confidence| weighted by the bin's share
+    of images (torchmetrics' ``binary_calibration_error`` with ``norm="l1"`` on (confidence, correct))."""
+    from torchmetrics.functional.classification import binary_calibration_error
+
+    confidence = torch.as_tensor(np.asarray(confidence, dtype=np.float32))
     if not len(confidence):
         raise ValueError("ECE needs at least one image")
-    bins = calibration_bins(confidence, n_bins)
-    gap = np.zeros(n_bins + 1)
-    np.add.at(gap, bins, correct.astype(np.float64) - confidence.astype(np.float64))
-    return 100.0 * float(np.abs(gap).sum() / len(confidence))
+    correct = torch.as_tensor(np.asarray(correct, dtype=bool)).long()
+    return 100.0 * float(binary_calibration_error(confidence, correct, n_bins=n_bins, norm="l1"))
 
 
 def fpr_at_recall(scores: np.ndarray, is_positive: np.ndarray, recall_level: float = 0.95) -> float:
