@@ -28,7 +28,6 @@ A part that fails prints its error in its row and the run goes on; the exit stat
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import statistics
@@ -49,6 +48,7 @@ if str(REPO) not in sys.path:  # benchmarks/ is not a package; bench_segmentatio
 
 from genas.core.config import DEFAULTS  # noqa: E402
 from genas.core.distributed import AMP_DTYPES, resolve_device  # noqa: E402
+from genas.core.io import atomic_write_json  # noqa: E402
 
 NB201_ARCHS = 15625
 #: Seconds of the time budget a torch.compile variant needs (compilation included) to be started.
@@ -445,8 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     print(f"\ntotal {time.perf_counter() - started:.1f} s")
     if args.json:
-        args.json.write_text(json.dumps({"device": str(device), "device_name": name, "torch": torch.__version__,
-                                         "tiny": args.tiny, "rows": [asdict(r) for r in rows]}, indent=2))
+        atomic_write_json(args.json, {"device": str(device), "device_name": name, "torch": torch.__version__,
+                                      "tiny": args.tiny, "rows": [asdict(r) for r in rows]})
     return 1 if failed else 0
 
 

@@ -58,7 +58,6 @@ class Cell(nn.Module):
         pairs = genotype.reduce if reduction else genotype.normal
         self._concat = list(genotype.reduce_concat if reduction else genotype.normal_concat)
         self._indices = [index for _, index in pairs]
-        self._steps = len(pairs) // 2
         self.multiplier = len(self._concat)
         self._ops = nn.ModuleList(
             OPS[name](C, 2 if reduction and index < 2 else 1, True) for name, index in pairs)
