@@ -307,7 +307,7 @@ def sampled_path_accuracy(supernet: Supernet, train_data: Any, val_data: Any, de
     """How well a supernet is trained: validation top-1 of ``num_paths`` architectures drawn uniformly with
     ``seed``, each after exact BN recalibration on ``recalib_batches`` training batches (as the scorer does),
     on the whole validation split. Returns mean, median, min, max (fractions), num_paths and num_images; the
-    supernet is left unchanged."""
+    supernet's weights and BN statistics are left unchanged (it is left on ``device``, in eval mode)."""
     from genas.scoring.perturbation import fixed_batches, recalibrated_bn, top1_accuracy
 
     supernet = supernet.to(device).eval()
