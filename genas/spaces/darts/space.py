@@ -65,6 +65,7 @@ class DartsSpace(SearchSpace):
     """
 
     name = "darts"
+    crossover_mode, mutation_genes, mutation_ops = "per_node", "all", "all"  # defaults of __init__ (also for subclasses that skip it)
 
     def __init__(self, crossover: str | None = None, mutation_genes: str = "all", mutation_ops: str = "all"):
         crossover = check_option("search.crossover", "per_node" if crossover is None else crossover, CROSSOVERS,

@@ -165,6 +165,7 @@ class NB201Space(SearchSpace):
     """
 
     name = "nb201"
+    crossover_mode, mutation_ops, mutation_genes = "per_gene", "all", "all"  # defaults of __init__ (also for subclasses that skip it)
 
     def __init__(self, crossover: str | None = None, mutation_ops: str = "all", mutation_genes: str = "all"):
         crossover = check_option("search.crossover", "per_gene" if crossover is None else crossover, CROSSOVERS,
