@@ -1,5 +1,5 @@
 """The product's imports run one way (README "Layout"): genas.core <- genas <- backbones <- {detection,
-segmentation, robustness} <- report, with no cycle anywhere. Read with ``ast`` from the source files, lazy
+segmentation, robustness} <- {report, suite}, with no cycle anywhere. Read with ``ast`` from the source files, lazy
 (function-level) imports included, so a violation fails here before anyone imports anything."""
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 
 from conftest import REPO
 
-PACKAGES = ("genas", "backbones", "detection", "segmentation", "robustness", "report")
+PACKAGES = ("genas", "backbones", "detection", "segmentation", "robustness", "report", "suite")
 # Layer of each top-level part; a module may import its own layer and the layers below it.
 LAYERS = {"genas.core": 0, "genas": 1, "backbones": 2, "detection": 3, "segmentation": 3, "robustness": 3,
-          "report": 4}
+          "report": 4, "suite": 4}
+# suite runs the task command lines in subprocesses: it may import everything below it, and report nothing of it.
 # What the report may import from the project: it reads result files. backbones is allowed for one job: the
 # size (params / MACs) of a registered timm model that no result file states.
 REPORT_ALLOWED = ("genas.core", "genas.plots", "genas.cost", "backbones", "report")
