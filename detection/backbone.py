@@ -10,7 +10,9 @@ Only the levels ``MODEL.GENAS.OUT_FEATURES`` asks for are built (timm ``out_indi
 one are pruned), so every trainable parameter gets a gradient, which Detectron2's DDP
 (``find_unused_parameters=False``) requires. ``MODEL.BACKBONE.FREEZE_AT`` has ResNet's meaning (0 = nothing frozen,
 1 = the stem, k = the stem and the first k-1 stages; :mod:`backbones.freeze`); the frozen part's BatchNorm layers
-become ``FrozenBatchNorm2d`` as in Detectron2's ResNet.
+become ``FrozenBatchNorm2d`` as in Detectron2's ResNet. ``MODEL.GENAS.GRAD_CHECKPOINT`` turns on timm's gradient
+checkpointing of the network (:mod:`backbones.checkpointing`; each DARTS cell is recomputed in the backward, with the
+plain backward's gradients and BatchNorm statistics), for large images on small GPUs.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
 
+from backbones.checkpointing import check_bool_setting, set_grad_checkpointing
 from backbones.freeze import FrozenPart, freeze_to_level, level_of_freeze_at, level_strides
 from backbones.names import check_model_name
 from genas.core.errors import UsageError
@@ -106,14 +109,18 @@ class TimmFeatureBackbone(Backbone):
             :func:`backbones.freeze.level_of_freeze_at`). Frozen BatchNorm layers become ``FrozenBatchNorm2d``.
         norm: ``BN`` | ``FrozenBN`` | ``SyncBN``: what the BatchNorm layers of the trainable part become.
         in_chans: channels of the input images (for the freeze probe).
-        channels_last: run the backbone in channels_last memory format (faster convolutions on GPU).
+        channels_last: run the backbone in channels_last memory format.
+        grad_checkpointing: timm's gradient checkpointing of the network (``MODEL.GENAS.GRAD_CHECKPOINT``): less
+            activation memory, one more forward of the checkpointed blocks in the backward, the same gradients.
     """
 
     def __init__(self, model: nn.Module, out_features: Sequence[str], freeze_at: int = 0, norm: str = "FrozenBN",
-                 in_chans: int = 3, channels_last: bool = False):
+                 in_chans: int = 3, channels_last: bool = False, grad_checkpointing: bool = False):
         super().__init__()
         if norm not in NORMS:
             raise BackboneConfigError(f"MODEL.GENAS.NORM={norm!r}: expected one of {NORMS}")
+        check_bool_setting(channels_last, "MODEL.GENAS.CHANNELS_LAST", BackboneConfigError)
+        check_bool_setting(grad_checkpointing, "MODEL.GENAS.GRAD_CHECKPOINT", BackboneConfigError)
         self.body = model
         strides = model.feature_info.reduction()
         self._level_names: List[str] = [level_name(s) for s in strides]
@@ -133,8 +140,12 @@ class TimmFeatureBackbone(Backbone):
         self.channels_last = channels_last
         if channels_last:
             self.body.to(memory_format=torch.channels_last)
-        logger.info("timm backbone: levels %s, out %s, %d frozen parameter tensors (FREEZE_AT %d), norm %s",
-                    self._out_feature_strides, self._out_features, len(self.frozen.parameters), freeze_at, norm)
+        self.grad_checkpointing = grad_checkpointing
+        if grad_checkpointing:
+            set_grad_checkpointing(self.body, True, "MODEL.GENAS.GRAD_CHECKPOINT", BackboneConfigError)
+        logger.info("timm backbone: levels %s, out %s, %d frozen parameter tensors (FREEZE_AT %d), norm %s%s",
+                    self._out_feature_strides, self._out_features, len(self.frozen.parameters), freeze_at, norm,
+                    ", gradient checkpointing" if grad_checkpointing else "")
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         if self.channels_last:
@@ -169,9 +180,13 @@ def build_genas_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> TimmFeatureBac
     ``cfg.MODEL.BACKBONE.FREEZE_AT``."""
     check_removed_keys(cfg)
     g = cfg.MODEL.GENAS
+    # flags checked before the model is built: a wrong value costs no construction
+    check_bool_setting(g.CHANNELS_LAST, "MODEL.GENAS.CHANNELS_LAST", BackboneConfigError)
+    check_bool_setting(g.GRAD_CHECKPOINT, "MODEL.GENAS.GRAD_CHECKPOINT", BackboneConfigError)
     model = create_feature_model(g.NAME, g.WEIGHTS, input_shape.channels, g.MODEL_KWARGS, g.OUT_FEATURES)
     return TimmFeatureBackbone(model, g.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, norm=g.NORM,
-                               in_chans=input_shape.channels, channels_last=g.CHANNELS_LAST)
+                               in_chans=input_shape.channels, channels_last=g.CHANNELS_LAST,
+                               grad_checkpointing=g.GRAD_CHECKPOINT)
 
 
 @BACKBONE_REGISTRY.register()

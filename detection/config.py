@@ -14,6 +14,9 @@
   Detectron2's stock FPN / RetinaNet keys (``FPN.IN_FEATURES: [res3, res4, res5]``) apply unchanged. Only these
   levels are built (the layers after the last one are pruned), so every trainable parameter gets a gradient.
 - ``CHANNELS_LAST``: run the backbone in channels_last memory format (faster convolutions on GPU).
+- ``GRAD_CHECKPOINT``: timm's gradient checkpointing of the backbone network (default False): each DARTS cell keeps
+  only its inputs for the backward and is recomputed there, with the plain backward's gradients and BatchNorm
+  statistics; for the paper's 2 x 1333 x 800 images on small GPUs. A non-bool value is an error.
 - ``FREEZE_AT``: removed (an error that points to the key below); kept only to say so.
 
 Freezing is Detectron2's own ``MODEL.BACKBONE.FREEZE_AT``, with ResNet's meaning: 0 = nothing frozen, 1 = the
@@ -59,6 +62,7 @@ def add_genas_config(cfg: CfgNode) -> None:
     cfg.MODEL.GENAS.NORM = "FrozenBN"
     cfg.MODEL.GENAS.OUT_FEATURES = ["res3", "res4", "res5"]
     cfg.MODEL.GENAS.CHANNELS_LAST = False
+    cfg.MODEL.GENAS.GRAD_CHECKPOINT = False
     cfg.SOLVER.AMP.PRECISION = "fp16"
     cfg.DATASETS.COCO_FORMAT = []
 

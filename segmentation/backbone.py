@@ -2,8 +2,9 @@
 
 :class:`GeNASBackbone` is MMSeg's own ``TIMMBackbone`` (timm ``features_only``) plus what the DeepLabv3 recipe
 needs from a backbone: the ImageNet weights file, ``frozen_stages`` (MMSeg's convention, mapped onto the suite's one
-freezing rule, :mod:`backbones.freeze`) and ``norm_eval``, ``channels_last``, and one clear error for a wrong model
-name (:func:`backbones.names.check_model_name`) or a missing weights file. Configs load it with
+freezing rule, :mod:`backbones.freeze`) and ``norm_eval``, ``channels_last``, ``grad_checkpointing`` (timm's gradient
+checkpointing, :mod:`backbones.checkpointing`), and one clear error for a wrong model name
+(:func:`backbones.names.check_model_name`), a missing weights file or a flag that is not a bool. Configs load it with
 ``custom_imports = dict(imports=['segmentation.backbone'])`` and ``backbone=dict(type='GeNASBackbone', ...)``.
 
 How the DeepLabv3 head sees the features (no dilation)
@@ -37,6 +38,7 @@ from torch import nn
 from mmseg.models.backbones import TIMMBackbone
 from mmseg.registry import MODELS
 
+from backbones.checkpointing import check_bool_setting, set_grad_checkpointing
 from backbones.freeze import freeze_to_level, level_of_frozen_stages, level_strides
 from backbones.names import check_model_name
 from genas.core.errors import UsageError
@@ -66,15 +68,22 @@ class GeNASBackbone(TIMMBackbone):
         norm_eval: keep every BatchNorm of the backbone in eval mode while training (running statistics of the
             ImageNet weights are not updated by the small segmentation batches), as MMSeg's ResNet does.
         in_channels: input image channels.
-        channels_last: run the backbone in channels_last memory format (faster convolutions on GPU).
+        channels_last: run the backbone in channels_last memory format.
+        grad_checkpointing: timm's gradient checkpointing of the network (``model.backbone.grad_checkpointing=True``):
+            each DARTS cell keeps only its inputs for the backward and is recomputed there; the gradients and
+            BatchNorm statistics are the plain backward's.
         init_cfg: MMEngine init config (unused with ``weights``).
         **kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
 
     def __init__(self, model_name: str, out_indices: Sequence[int] = (0, 1, 2, 3), weights: str = "",
                  frozen_stages: int = -1, norm_eval: bool = False, in_channels: int = 3,
-                 channels_last: bool = False, init_cfg: dict | None = None, **kwargs: Any):
+                 channels_last: bool = False, grad_checkpointing: bool = False, init_cfg: dict | None = None,
+                 **kwargs: Any):
         check_model_name(model_name, "backbone model_name")
+        for setting, value in (("norm_eval", norm_eval), ("channels_last", channels_last),
+                               ("grad_checkpointing", grad_checkpointing)):
+            check_bool_setting(value, f"backbone {setting}", BackboneConfigError)
         if weights and not os.path.isfile(weights):
             raise BackboneConfigError(f"backbone weights={weights!r}: ImageNet weights file not found; give the "
                                       f"path of {model_name}'s ImageNet checkpoint, or '' for random init.")
@@ -91,6 +100,9 @@ class GeNASBackbone(TIMMBackbone):
         self.channels_last = channels_last
         if channels_last:
             self.timm_model.to(memory_format=torch.channels_last)
+        self.grad_checkpointing = grad_checkpointing
+        if grad_checkpointing:
+            set_grad_checkpointing(self.timm_model, True, "backbone grad_checkpointing", BackboneConfigError)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.channels_last:

@@ -101,7 +101,8 @@ def test_default_cfg_contract(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_forward_and_backward(name):
     """timm's test_model_forward / _backward at a small size, for all 15: the eval output is a tensor without NaN;
-    the cfg's pool size is the features' size at its input size; in training every parameter gets a gradient."""
+    the cfg's pool size is the features' size at its input size; in training, with timm's gradient checkpointing
+    on (tests/test_grad_checkpointing.py checks it equals the plain backward), every parameter gets a gradient."""
     torch.manual_seed(0)
     model = timm.create_model(name, **_small(name)).eval()
     cfg = model.default_cfg
@@ -111,9 +112,9 @@ def test_forward_and_backward(name):
     assert isinstance(out, torch.Tensor) and out.shape == (1, cfg["num_classes"])
     assert not torch.isnan(out).any()
     assert tuple(features.shape[1:]) == (model.num_features, *cfg["pool_size"])  # the cfg's pool size is true
-    with pytest.raises(NotImplementedError):
-        model.set_grad_checkpointing()  # unsupported, said by raising (timm's tests then skip that step)
     model = timm.create_model(name, num_classes=42, **_small(name)).train()
+    model.set_grad_checkpointing()  # timm's API; the backward below runs through the checkpointed cells
+    assert model.grad_checkpointing
     logits = model(_x(name, 2))
     assert logits.shape == (2, 42)
     logits.mean().backward()

@@ -20,6 +20,15 @@ ReLU). The CIFAR network has the same four levels at strides 1 / 1 / 2 / 4 (stem
 Drop-path follows the reference: one rate for every op output except identities, applied in training only;
 ``train_imagenet.py`` ramps ``model.drop_path_prob`` linearly over the epochs as the reference does.
 
+Gradient checkpointing (timm's ``set_grad_checkpointing()``): each cell is run under
+``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)`` in ``forward`` / ``forward_features`` /
+``forward_intermediates`` (so also under ``features_only``), keeping only the cells' inputs for the backward and
+recomputing the rest. The result is the plain backward's: drop-path masks are redrawn from the same RNG state
+(``preserve_rng_state``), and BatchNorm layers in training mode do *not* update their running statistics a second
+time during the recomputation (a plain ``checkpoint`` of a module with training BN moves ``running_mean`` /
+``running_var`` twice and counts ``num_batches_tracked`` twice; the recomputation here runs those layers with
+momentum 0, normalising with the same batch statistics, and puts ``num_batches_tracked`` back).
+
 The networks keep timm's model contract (timm's own ``tests/test_models.py`` passes for every registered
 model; ``tests/test_timm_contract.py`` keeps the same checks): ``forward`` is TorchScript-able (ModuleLists are
 iterated, never indexed by a variable) and FX-traceable (no Python control flow on traced values), every
@@ -27,12 +36,15 @@ parameter and buffer is created on the ``device`` / ``dtype`` asked for (``devic
 ``forward_features`` ends at the last feature level kept by ``prune_intermediate_layers``.
 """
 
-from contextlib import nullcontext
-from typing import Any, List, Optional, Tuple, Union
+from contextlib import contextmanager, nullcontext
+from functools import partial
+from typing import Any, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from timm.layers import create_classifier, drop_path, get_device_dtype, register_notrace_module
 from timm.models._features import feature_take_indices
@@ -42,7 +54,7 @@ from genas.spaces.darts.ops import OPS, FactorizedReduce, Identity
 from genas.spaces.darts.published import parse_genotype
 from genas.spaces.ops import ReLUConvBN
 
-__all__ = ["Cell", "AuxiliaryHead", "NetworkImageNet", "NetworkCIFAR"]
+__all__ = ["Cell", "AuxiliaryHead", "NetworkImageNet", "NetworkCIFAR", "checkpoint_cell"]
 
 
 class Cell(nn.Module):
@@ -77,6 +89,40 @@ class Cell(nn.Module):
             else:
                 states.append(first + h)
         return torch.cat([states[i] for i in self._concat], dim=1)
+
+
+@contextmanager
+def _running_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers of ``module`` in training mode normalise with the batch statistics as usual but leave their
+    running statistics and ``num_batches_tracked`` as they were: what a checkpoint's recomputation must do, since
+    the first forward already updated them.
+
+    The layers run with ``momentum = 0`` (the running averages are rewritten as ``1 * running + 0 * batch``, the
+    same values) and ``num_batches_tracked`` is put back afterwards. Turning ``track_running_stats`` off instead
+    would not do: batch norm then saves two tensors fewer for the backward, which the checkpoint rejects.
+    """
+    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
+def _recompute_contexts(module: nn.Module) -> Tuple[Any, Any]:
+    return nullcontext(), _running_stats_frozen(module)
+
+
+def checkpoint_cell(cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """``cell(s0, s1, drop_prob)`` under activation checkpointing, with the plain call's result, gradients, RNG
+    stream and BatchNorm running statistics (see the module docstring)."""
+    return torch.utils.checkpoint.checkpoint(cell, s0, s1, drop_prob, use_reentrant=False,
+                                             context_fn=partial(_recompute_contexts, cell))
 
 
 @register_notrace_module  # a size test on the input: an FX leaf, so traced training graphs keep it
@@ -151,6 +197,8 @@ class _DartsNetwork(nn.Module):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.drop_path_prob = float(drop_path_rate)
+        #: timm's gradient checkpointing (``set_grad_checkpointing``): checkpoint each cell in the forwards
+        self.grad_checkpointing = False
         self.reduction_cells = (layers // 3, 2 * layers // 3)
         self._aux_after = 2 * layers // 3
 
@@ -201,8 +249,11 @@ class _DartsNetwork(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        if enable:
-            raise NotImplementedError("gradient checkpointing is not supported by DARTS networks")
+        """Checkpoint every cell (timm's API): activation memory of the cells drops to their inputs, at the cost of
+        one more forward of each cell in the backward; results and gradients are those of the plain forward."""
+        if not isinstance(enable, bool):
+            raise TypeError(f"set_grad_checkpointing(enable) takes True or False, got {enable!r}")
+        self.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -250,8 +301,13 @@ class _DartsNetwork(nn.Module):
             intermediates.append(s0)
         num_cells = self.feature_ends[max_index] + 1 if stop_early else len(self.cells)
         taps = {end: level for level, end in enumerate(self.feature_ends) if level in take_indices}
-        for i in range(num_cells):
-            s0, s1 = s1, self.cells[i](s0, s1, self.drop_path_prob)
+        for i, cell in enumerate(self.cells):
+            if i >= num_cells:
+                break
+            if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
+                s0, s1 = s1, checkpoint_cell(cell, s0, s1, self.drop_path_prob)
+            else:
+                s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i in taps:
                 intermediates.append(s1)
         if intermediates_only:
@@ -285,7 +341,10 @@ class _DartsNetwork(nn.Module):
         s0, s1 = self.forward_stem(x)
         aux: Optional[torch.Tensor] = None
         for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
+                s0, s1 = s1, checkpoint_cell(cell, s0, s1, self.drop_path_prob)
+            else:
+                s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             # Python values only (module attribute, mode, loop index): static under TorchScript and FX
             if self.auxiliary_head is not None and self.training and i == self._aux_after:
                 aux = self.auxiliary_head(s1)
@@ -294,7 +353,10 @@ class _DartsNetwork(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         s0, s1 = self.forward_stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
+                s0, s1 = s1, checkpoint_cell(cell, s0, s1, self.drop_path_prob)
+            else:
+                s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
         return s1
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
