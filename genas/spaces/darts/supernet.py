@@ -10,6 +10,7 @@ and the flatness and angle scores of the paper perturb / compare BN affine param
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Mapping
 
@@ -21,6 +22,7 @@ from genas.spaces.darts.genotype import CONCAT, EDGE_INPUT, EDGES_PER_CELL, NODE
 from genas.spaces.darts.space import DartsSpace
 from genas.spaces.darts.ops import OPS, FactorizedReduce
 from genas.spaces.ops import ReLUConvBN
+from genas.spaces.pooling import AvgPool2d
 
 __all__ = ["DartsSupernet", "SupernetCell"]
 
@@ -43,6 +45,12 @@ def _param_names(module: nn.Module, prefix: str) -> list[str]:
     return [f"{prefix}.{name}" for name, _ in module.named_parameters()]
 
 
+@functools.lru_cache(maxsize=4096)
+def _active(genes: Arch) -> tuple[tuple[tuple[int, int, str], ...], ...]:
+    """:meth:`SupernetCell.active` of a gene tuple, computed once per cell architecture."""
+    return tuple(tuple((e, i, PRIMITIVES[genes[e]]) for e, i in edges if genes[e]) for edges in NODE_EDGES)
+
+
 STRIDED_SKIP = "factorized_reduce"  # path_op_names' name for a skip_connect on a stride-2 edge
 
 
@@ -59,7 +67,10 @@ class SupernetCell(nn.Module):
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=affine)
 
         def make(op: str, stride: int) -> nn.Module:
-            module = OPS[op](C, stride, affine)
+            if op == "avg_pool_3x3":  # OPS' pooling with the fast path of genas.spaces.pooling (same function)
+                module = AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+            else:
+                module = OPS[op](C, stride, affine)
             if pool_bn and op in POOLS:  # the reference MixedOp: pooling -> BatchNorm
                 module = nn.Sequential(module, nn.BatchNorm2d(C, affine=affine))
             return module
@@ -71,12 +82,17 @@ class SupernetCell(nn.Module):
     @staticmethod
     def active(genes: Arch) -> list[list[tuple[int, int, str]]]:
         """Per node, its kept ``(edge_index, input_index, op_name)`` in edge order."""
-        return [[(e, i, PRIMITIVES[genes[e]]) for e, i in edges if genes[e]] for edges in NODE_EDGES]
+        return [list(node) for node in _active(tuple(genes))]
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, genes: Arch) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        for node in self.active(genes):
-            states.append(sum(self.edges[e][op](states[i]) for e, i, op in node))
+        for node in _active(tuple(genes)):
+            # the node's edges added directly (Python's sum() would first add a 0: one more kernel per node)
+            out = None
+            for e, i, op in node:
+                y = self.edges[e][op](states[i])
+                out = y if out is None else out + y
+            states.append(out)
         return torch.cat([states[j] for j in CONCAT], dim=1)
 
     def path_parameter_names(self, genes: Arch, prefix: str, positions: str) -> list[str]:

@@ -3,6 +3,8 @@
 Module layout and attribute names follow the benchmark's own networks (``op``, ``conv_a``, ``conv_b``,
 ``downsample``), so parameter names and counts of :mod:`genas.spaces.nb201` match the benchmark's.
 All blocks keep the input's memory format (channels_last works) and never move to a device themselves.
+Pooling is :class:`genas.spaces.pooling.AvgPool2d` (``torch.nn.AvgPool2d`` with a depthwise-convolution fast
+path selectable per device type; the same function, no state).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 from torch import nn
 
 from genas.spaces.ops import ReLUConvBN, Zero
+from genas.spaces.pooling import AvgPool2d
 
 __all__ = ["OP_NAMES", "Zero", "ReLUConvBN", "ResNetBasicBlock", "make_op"]
 
@@ -25,7 +28,7 @@ class ResNetBasicBlock(nn.Module):
         self.conv_a = ReLUConvBN(c_in, c_out, 3, stride=2)
         self.conv_b = ReLUConvBN(c_out, c_out, 3, stride=1)
         self.downsample = nn.Sequential(
-            nn.AvgPool2d(kernel_size=2, stride=2, padding=0),
+            AvgPool2d(kernel_size=2, stride=2, padding=0),
             nn.Conv2d(c_in, c_out, kernel_size=1, bias=False),
         )
 
@@ -45,5 +48,5 @@ def make_op(name: str, channels: int, affine: bool = True) -> nn.Module:
     if name == "nor_conv_3x3":
         return ReLUConvBN(channels, channels, 3, affine=affine)
     if name == "avg_pool_3x3":
-        return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+        return AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
     raise ValueError(f"unknown NAS-Bench-201 op {name!r}; choose one of {OP_NAMES}")
