@@ -55,7 +55,7 @@ from genas.core.distributed import (AMP_DTYPES, DistInfo, all_reduce_sum, barrie
 from genas.core.io import CsvLog, atomic_torch_save, atomic_write_text, load_checkpoint
 from genas.spaces import Supernet, build_supernet, get_space
 
-__all__ = ["RunExistsError", "train_step", "train_supernet", "load_supernet", "check_train_config", "main"]
+__all__ = ["RunExistsError", "SGD_IMPL", "build_optimizer", "train_step", "train_supernet", "load_supernet", "check_train_config", "main"]
 
 # Settings that may differ between a run and its resumption (they do not change the trained weights).
 RESUMABLE_CHANGES = {"train.device", "train.workers", "train.checkpoint_every_steps", "train.log_every_steps",
@@ -94,6 +94,38 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, tcfg: Mapping[str, Any],
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+#: SGD implementation per device type: ``for-loop`` (torch's single-tensor loop) or ``foreach`` (multi-tensor
+#: kernels, fewer launches; also zeroes the gradients of ``train.zero_grad=zeros`` in one call). Both are the same
+#: update (``tests/test_fast_paths.py`` checks losses and weights of several steps against a plain step written
+#: in the test). The value is the one measured faster on that device type (README, performance section; on the
+#: 2-core CPU at NB201 C=16 N=5, batch 64); on CUDA ``foreach`` is torch's own default for these parameters, kept
+#: (``benchmarks/gpu_check.py`` times it against torch's default step). Device types not listed: torch's default.
+#: torch's ``fused`` SGD is not offered: it needs every momentum buffer to exist from the first step together,
+#: and in SPOS a weight first gets a gradient (and its buffer) when a path first uses it ("expected Tensor as
+#: element k ... got NoneType" on the second path).
+SGD_IMPL: dict[str, str] = {"cpu": "foreach", "cuda": "foreach"}
+SGD_IMPLS = ("for-loop", "foreach")
+
+
+def _sgd_flags(device: torch.device, impl: str | None = None) -> dict[str, bool | None]:
+    impl = impl or SGD_IMPL.get(torch.device(device).type)
+    if impl is None:
+        return {"foreach": None}
+    if impl not in SGD_IMPLS:
+        raise ValueError(f"SGD implementation must be one of {SGD_IMPLS}, got {impl!r}")
+    return {"foreach": impl == "foreach"}
+
+
+def build_optimizer(model: nn.Module, tcfg: Mapping[str, Any], device: torch.device | str,
+                    impl: str | None = None) -> torch.optim.SGD:
+    """The trainer's SGD over every supernet weight (momentum, weight decay, Nesterov of ``tcfg``), in the
+    implementation :data:`SGD_IMPL` gives the device type (``impl`` overrides it: ``for-loop``, ``foreach``).
+    Weights without a gradient (off the sampled path) are skipped by each implementation alike."""
+    return torch.optim.SGD(model.parameters(), lr=tcfg["lr"], momentum=tcfg["momentum"],
+                           weight_decay=tcfg["weight_decay"], nesterov=bool(tcfg["nesterov"]),
+                           **_sgd_flags(torch.device(device), impl))
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
                *forward_args: Any, grad_clip: float, scaler: torch.amp.GradScaler,
                amp_dtype: torch.dtype | None = None, zero_grad: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,19 +133,31 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
 
     ``zero_grad="none"``: gradients are reset to None, so weights off the sampled path get no update at all;
     ``"zeros"``: reset to zero tensors (torch 1.x ``zero_grad()``, the reference), so every weight that was
-    on some earlier path still gets weight decay and a momentum step. ``grad_clip`` 0: no clipping.
-    Returns the detached loss and the number of correct predictions as tensors (no device sync).
+    on some earlier path still gets weight decay and a momentum step. ``grad_clip`` 0: no clipping (torch's
+    ``clip_grad_norm_`` with its multi-tensor norm; the clip factor stays on the device).
+    Returns the detached loss and the number of correct predictions as tensors: nothing in the step waits for
+    the device (no ``.item()``, no Python branch on a tensor), so a GPU runs it without a host sync.
     """
     optimizer.zero_grad(set_to_none=zero_grad == "none")
-    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+    if amp_dtype is None:
         logits = model(images, *forward_args)
         loss = F.cross_entropy(logits, labels)
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
-    if grad_clip > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
+    else:
+        with torch.autocast(images.device.type, dtype=amp_dtype):
+            logits = model(images, *forward_args)
+            loss = F.cross_entropy(logits, labels)
+    if scaler.is_enabled():  # fp16: scaled backward, unscale before clipping, skip steps with inf gradients
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
     return loss.detach(), (logits.detach().argmax(dim=1) == labels).sum()
 
 
@@ -211,8 +255,7 @@ def _train(cfg: Mapping[str, Any], run_dir: Path, resume: bool, info: DistInfo, 
     model = build_supernet(cfg["space"], data.num_classes, **cfg["supernet"]).to(device)
     memory_format = torch.channels_last if tcfg["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=tcfg["lr"], momentum=tcfg["momentum"],
-                                weight_decay=tcfg["weight_decay"], nesterov=bool(tcfg["nesterov"]))
+    optimizer = build_optimizer(model, tcfg, device)
     scheduler = lr_scheduler(optimizer, tcfg, steps_per_epoch)
     amp_dtype = AMP_DTYPES[tcfg["amp"]]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -226,6 +269,8 @@ def _train(cfg: Mapping[str, Any], run_dir: Path, resume: bool, info: DistInfo, 
         _check_resume_config(state["config"], cfg, last)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the implementation of this device, not the saved one's
+            group.update(_sgd_flags(device))
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         arch_rng.bit_generator.state = state["arch_rng"]
@@ -250,14 +295,18 @@ def _train(cfg: Mapping[str, Any], run_dir: Path, resume: bool, info: DistInfo, 
                         drop_last=True, pin_memory=device.type == "cuda", persistent_workers=tcfg["workers"] > 0)
     csv_log = CsvLog(run_dir / "train_log.csv", LOG_FIELDS, step) if info.is_main else None
     tb = _summary_writer(run_dir / "tb", step) if info.is_main else contextlib.nullcontext()
-    sums = torch.zeros(3, device=device)  # loss * n, correct, n since the last log row
+    pending: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (loss, correct, n) of each step since the last row
     progress = tqdm(total=total_steps, initial=step, desc="supernet", unit="step", disable=not (info.is_main and show_progress), dynamic_ncols=True)
 
     def log() -> None:
-        if sums[2] == 0:
+        # the one host sync of the loop: every train.log_every_steps steps (and at checkpoints)
+        if not pending:
             return
+        losses, corrects, counts = zip(*pending)
+        n = torch.tensor(counts, dtype=torch.float32, device=device)
+        sums = torch.stack([(torch.stack(losses).float() * n).sum(), torch.stack(corrects).sum().float(), n.sum()])
+        pending.clear()
         loss, correct, count = all_reduce_sum(sums).tolist()
-        sums.zero_()
         if info.is_main:
             row = {"step": step, "epoch": (step - 1) // steps_per_epoch + 1, "lr": lr,
                    "loss": loss / count, "acc": correct / count, "time": elapsed}
@@ -284,9 +333,7 @@ def _train(cfg: Mapping[str, Any], run_dir: Path, resume: bool, info: DistInfo, 
                 scheduler.step()
                 step += 1
                 elapsed = time.perf_counter() - started
-                sums[0] += loss.float() * len(labels)
-                sums[1] += correct
-                sums[2] += len(labels)
+                pending.append((loss, correct, len(labels)))
                 progress.update()
                 checkpoint = step % tcfg["checkpoint_every_steps"] == 0 or step % steps_per_epoch == 0
                 if checkpoint or step % tcfg["log_every_steps"] == 0:

@@ -45,6 +45,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_tracing
 
 __all__ = ["POOL_IMPLS", "AUTO", "AvgPool2d", "set_pool_impl", "get_pool_impl", "pool_impl", "avg_pool2d_conv"]
 
@@ -152,10 +153,7 @@ def avg_pool2d_conv(x: torch.Tensor, kernel_size: int | tuple[int, int], stride:
 
 
 def _tracing() -> bool:
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return True
-    from torch.fx._symbolic_trace import is_fx_tracing
-    return is_fx_tracing()
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling() or is_fx_tracing()
 
 
 class AvgPool2d(nn.AvgPool2d):
@@ -163,8 +161,9 @@ class AvgPool2d(nn.AvgPool2d):
     type says ``conv`` (see the module docstring); otherwise torch's own pooling."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if (input.dtype in (torch.float32, torch.float64) and input.dim() == 4 and not self.ceil_mode
-                and self.divisor_override is None and get_pool_impl(input.device.type) == "conv" and not _tracing()):
+        if (not _tracing() and input.dtype in (torch.float32, torch.float64) and input.dim() == 4
+                and not self.ceil_mode and self.divisor_override is None
+                and get_pool_impl(input.device.type) == "conv"):
             return avg_pool2d_conv(input, self.kernel_size, self.stride, self.padding, self.count_include_pad)
         return super().forward(input)
 
