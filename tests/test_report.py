@@ -1,8 +1,8 @@
 """report (python -m report): the table from generated result files, exact to the digit; published rows kept apart;
 bad inputs stop the report before anything is written.
 
-resnet18's parameter count (11,689,512) and fvcore MACs at 224x224 (1,819,065,856) are the torchvision/timm
-figures, counted independently of the report when the test runs.
+resnet18's parameter count and MACs at 224x224 are counted independently of the report when the test runs (parameter
+sizes, and a forward-hook count of every Conv2d / Linear with the textbook formula) and compared with the report's.
 """
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
+import timm
+import torch
+from torch import nn
 
 from genas.spaces.darts.published import GENAS_FLATNESS_CIFAR100
 from genas.core.results import write_result
@@ -89,11 +92,33 @@ def test_report_rows_columns_and_values(results, tmp_path):
     assert min(image.shape[:2]) > 300 and image[..., :3].std() > 0.01
 
 
+def count_by_hand(model: nn.Module, image_size: int) -> tuple[int, int]:
+    """(parameters, multiply-adds of one image) of ``model``: a forward hook on every Conv2d and Linear adds
+    output elements x (input channels / groups) x kernel area, and output elements x in_features."""
+    macs = []
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            macs.append(output.numel() * module.in_channels // module.groups * kh * kw)
+        else:
+            macs.append(output.numel() * module.in_features)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, image_size, image_size))
+    for handle in handles:
+        handle.remove()
+    return sum(p.numel() for p in model.parameters()), sum(macs)
+
+
 def test_compute_macs_counts_timm_models(results, tmp_path):
     rows = report.build_rows(report.load_results([results]), compute_macs=True)
     resnet = next(r for r in rows if r.model == "resnet18")
-    assert resnet.params_m == pytest.approx(11.689512, abs=1e-9)
-    assert resnet.macs_g == pytest.approx(1.814073344, abs=1e-9)  # conv + linear multiply-adds (BN not counted)
+    params, macs = count_by_hand(timm.create_model("resnet18"), 224)
+    assert (params, macs) == (11_689_512, 1_814_073_344)  # torchvision's documented figures (1.81 GFLOPS)
+    assert resnet.params_m == pytest.approx(params / 1e6, abs=1e-9)
+    assert resnet.macs_g == pytest.approx(macs / 1e9, abs=1e-9)  # conv + linear multiply-adds (BN not counted)
     assert next(r for r in rows if r.model == "genas_flatness_cifar100").macs_g == 0.58  # meta wins
 
 
