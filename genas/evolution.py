@@ -18,7 +18,10 @@ Shared by all three:
 * a resumable JSON state written atomically after every generation (and every ``save_every`` new scores):
   generation index, the numpy ``Generator`` state, the memo, the pending generation and the history. All
   randomness comes from that one generator and the score function is deterministic per architecture, so a run
-  killed at any point and resumed ends with exactly the result of an uninterrupted run.
+  killed at any point and resumed ends with exactly the result of an uninterrupted run. A score function whose
+  scores depend on evaluation order (``score.fresh_draws``: the reference's running noise and BN-batch streams)
+  offers ``stream_state()`` / ``load_stream_state(state)``; its state (one per rank) is saved with the search
+  state and restored on resume, so the resumed run's scores equal the uninterrupted run's, score for score.
 
 Distributed (``torchrun``, a ``torch.distributed`` process group initialised by the caller): every rank runs
 the same engine with the same generator, so every rank proposes the same candidates. The unscored candidates
@@ -28,7 +31,9 @@ are gathered with ``all_gather_object`` so every rank holds the same memo, inser
 single process would. Rank 0 alone writes the state file (after the gather) and shows the progress bar; a
 resumed run's state is read by rank 0 and broadcast. The state does not depend on the world size, so a run can
 be resumed with another number of processes; since a score depends only on the architecture, the result is the
-same for every world size. Each memo entry records the rank that scored it (``evaluations_per_rank``).
+same for every world size. Under running streams each rank's stream runs over its own share, so the scores
+depend on the number of processes (one process is the reference's single stream) and a resume needs the same
+number. Each memo entry records the rank that scored it (``evaluations_per_rank``).
 """
 from __future__ import annotations
 
@@ -308,13 +313,35 @@ class Search:
         if error is not None:
             raise StateError(error)
         rng.bit_generator.state = state["rng"]
+        self._restore_streams(state.get("streams"))
         return state
+
+    def _restore_streams(self, streams: list[Any] | None) -> None:
+        """Continue the score function's running streams where the saved run left them (one state per rank)."""
+        load = getattr(self.score_fn, "load_stream_state", None)
+        if streams is None or load is None:
+            return
+        if len(streams) != self.world_size:
+            raise StateError(f"cannot resume {self.state_path}: its scores come from running noise / batch streams "
+                             f"(score.fresh_draws) of {len(streams)} process(es); resume with the same number "
+                             f"(this run has {self.world_size})")
+        load(streams[self.rank])
+
+    def _stream_states(self) -> list[Any] | None:
+        """Every rank's ``score_fn.stream_state()`` (a collective under torchrun), or None without streams."""
+        get = getattr(self.score_fn, "stream_state", None)
+        mine = get() if get is not None else None
+        states = [mine] if self.world_size == 1 else all_gather_objects(mine)
+        return None if all(s is None for s in states) else states
 
     def _key(self, arch: Arch) -> str:
         return search_key(self.space, arch, self.settings.dedupe)
 
     def _save(self, state: dict[str, Any], t0: float, elapsed0: float) -> None:
         state["elapsed"] = elapsed0 + (time.perf_counter() - t0)
+        streams = self._stream_states()
+        if streams is not None:
+            state["streams"] = streams
         if self.state_path is not None and self.rank == 0:
             atomic_write_json(self.state_path, state, indent=None)
 

@@ -11,7 +11,7 @@ from torch import nn
 from genas.data import build_search_data
 from genas.scoring.perturbation import (PerturbationConfig, fixed_batches, noise_seed, perturbed_losses, recalibrated_bn,
                                 top_hessian_eigenvector)
-from genas.scoring.scorer import ArchScorer
+from genas.scoring.scorer import ArchScorer, check_score_config
 from genas.spaces import build_supernet
 
 ARCH_A = (3, 1, 2, 4, 3, 0)
@@ -88,9 +88,14 @@ def test_recalibration_is_exact_cumulative_average_and_restored(supernet, data):
     {"metric": "flatness", "noise": "cumulative", "common_random_numbers": False},
     {"metric": "flatness", "positions": "cells"},
     {"metric": "flatness", "direction": "hessian", "hessian_iters": 2},
-    {"metric": "flatness", "batched_sigmas": True},
+    {"metric": "flatness", "noise": "cumulative", "common_random_numbers": False, "fresh_draws": True,
+     "noise_stream": "reference", "supernet_affine": False},
 ])
 def test_scoring_restores_every_supernet_tensor(supernet, data, options):
+    options = dict(options)
+    if not options.pop("supernet_affine", True):  # the reference NB201 stream needs RLNAS's cell BNs
+        torch.manual_seed(0)
+        supernet = build_supernet("nb201", num_classes=10, C=4, N=1, affine=False).eval()
     before = snapshot(supernet)
     result = scorer_for(supernet, data, **options)(ARCH_A)
     assert result["finite"] and len(result["losses"]) == 3
@@ -181,15 +186,12 @@ def test_cumulative_noise_differs_and_equals_independent_for_one_sigma(supernet,
     assert one_ind == one_cum
 
 
-@pytest.mark.parametrize("noise", ["independent", "cumulative"])
-def test_batched_sigmas_equal_sequential(supernet, data, noise):
-    batches = fixed_batches(data.val, 2, 32, seed=0, device="cpu")
-    cfg = PerturbationConfig((0.002, 0.01, 0.05), noise=noise)
-    batched = PerturbationConfig((0.002, 0.01, 0.05), noise=noise, batched_sigmas=True)
-    with recalibrated_bn(supernet, lambda x: supernet(x, ARCH_B), batches):
-        sequential = perturbed_losses(supernet, ARCH_B, batches, cfg)
-        together = perturbed_losses(supernet, ARCH_B, batches, batched)
-    assert together == pytest.approx(sequential, rel=1e-5)
+def test_batched_sigmas_is_refused_with_the_reason():
+    from genas.core.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="batched_sigmas was removed .*crashed"):
+        load_config(None, ["score.batched_sigmas=true"])
+    with pytest.raises(ValueError, match="unknown score option"):
+        check_score_config({"batched_sigmas": True})
 
 
 def test_nonfinite_loss_gives_worst_score_and_is_counted(supernet, data):
@@ -228,7 +230,15 @@ def test_hessian_power_iteration_matches_eigh_of_explicit_hessian():
 
 def test_amp_refused_below_dtype_resolution(supernet, data):
     with pytest.raises(ValueError, match="cannot resolve sigma_1"):
-        scorer_for(supernet, data, metric="flatness", amp="bf16", sigmas=[1e-5, 5e-5, 1e-4])
+        scorer_for(supernet, data, metric="flatness", amp="bf16", amp_allow_rank_change=True,
+                   sigmas=[1e-5, 5e-5, 1e-4])
+
+
+def test_amp_refused_unless_the_rank_change_is_accepted(supernet, data):
+    with pytest.raises(ValueError, match="changes the ranking.*amp_allow_rank_change=true"):
+        scorer_for(supernet, data, metric="flatness", amp="bf16")
+    result = scorer_for(supernet, data, metric="flatness", amp="bf16", amp_allow_rank_change=True)(ARCH_A)
+    assert result["finite"] and len(result["losses"]) == 3
 
 
 @pytest.mark.parametrize("options, match", [
@@ -244,11 +254,18 @@ def test_bad_score_config_is_one_clear_error(supernet, data, options, match):
 
 def test_channels_last_scoring_matches_contiguous(supernet, data):
     before = snapshot(supernet)
-    plain = scorer_for(supernet, data, metric="accuracy+flatness")(ARCH_B)
+    plain_net = build_supernet("nb201", num_classes=10, C=4, N=1)
+    plain_net.load_state_dict(supernet.state_dict())
+    plain_scorer = scorer_for(plain_net, data, metric="accuracy+flatness", channels_last=False)
+    plain = plain_scorer(ARCH_B)
+    assert plain_net.stem[0].weight.is_contiguous() and plain_scorer.val_batches[0][0].is_contiguous()
     net = build_supernet("nb201", num_classes=10, C=4, N=1)
     net.load_state_dict(supernet.state_dict())
-    nhwc = scorer_for(net, data, metric="accuracy+flatness", channels_last=True)(ARCH_B)
+    nhwc_scorer = scorer_for(net, data, metric="accuracy+flatness", channels_last=True)
+    nhwc = nhwc_scorer(ARCH_B)
     assert net.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not net.stem[0].weight.is_contiguous()
+    assert nhwc_scorer.val_batches[0][0].is_contiguous(memory_format=torch.channels_last)
     assert nhwc["accuracy"] == plain["accuracy"]
     assert nhwc["losses"] == pytest.approx(plain["losses"], rel=1e-5)
     assert_unchanged(supernet, before)

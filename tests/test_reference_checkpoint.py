@@ -1,8 +1,8 @@
 """Reference-layout supernet checkpoints (GeNAS / RLNAS) load into our supernets, give the same logits, and
 their angle vectors are the reference code's.
 
-The reference networks below are transcriptions, written here from the published description of the GeNAS
-DARTS supernet (module names and computation of ``super_model.Network``), not imports of our classes: the
+The reference networks (tests/reference_nets.py) are transcriptions, written from the published description of the
+GeNAS DARTS supernet (module names and computation of ``super_model.Network``), not imports of our classes: the
 layout JSON in ../shared/reference must load into them strictly, and the same weights must give our logits.
 """
 from __future__ import annotations
@@ -14,7 +14,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from genas.spaces import LayoutError, build_supernet, get_space, init_checkpoint_path, load_supernet
 from genas.spaces.darts.genotype import PRIMITIVES
@@ -22,111 +21,11 @@ from genas.spaces.nb201.space import EDGES
 from genas.spaces.nb201.ops import OP_NAMES
 
 from conftest import SHARED_DATA  # noqa: E402
+from reference_nets import RefNetwork  # noqa: E402
 
 LAYOUT = SHARED_DATA.parent / "reference" / "reference_darts_supernet_layout.json"
 needs_layout = pytest.mark.skipif(not LAYOUT.is_file(), reason=f"reference layout JSON not found at {LAYOUT} (it sits "
                                   f"in reference/ beside the shared data folder GENAS_SHARED_DATA names)")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# A transcription of the reference DARTS supernet (GeNAS train_supernet/super_model.py, operations.py)
-# ----------------------------------------------------------------------------------------------------------
-class _RefZero(nn.Module):
-    def __init__(self, stride):
-        super().__init__()
-        self.stride = stride
-
-    def forward(self, x):
-        return x.mul(0.0) if self.stride == 1 else x[:, :, ::self.stride, ::self.stride].mul(0.0)
-
-
-class _RefFactorizedReduce(nn.Module):  # reference slicing x[:, :, 1:, 1:] (no padding)
-    def __init__(self, c_in, c_out):
-        super().__init__()
-        self.relu = nn.ReLU()
-        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-        self.bn = nn.BatchNorm2d(c_out)
-
-    def forward(self, x):
-        x = self.relu(x)
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
-
-
-class _RefSeq(nn.Module):
-    def __init__(self, *layers):
-        super().__init__()
-        self.op = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.op(x)
-
-
-def _ref_op(prim, C, stride):
-    if prim == "none":
-        return _RefZero(stride)
-    if prim == "max_pool_3x3":
-        return nn.Sequential(nn.MaxPool2d(3, stride, 1), nn.BatchNorm2d(C))
-    if prim == "avg_pool_3x3":
-        return nn.Sequential(nn.AvgPool2d(3, stride, 1, count_include_pad=False), nn.BatchNorm2d(C))
-    if prim == "skip_connect":
-        return nn.Identity() if stride == 1 else _RefFactorizedReduce(C, C)
-    k = int(prim[-1])
-    if prim.startswith("sep_conv"):
-        return _RefSeq(nn.ReLU(), nn.Conv2d(C, C, k, stride, k // 2, groups=C, bias=False), nn.Conv2d(C, C, 1, bias=False),
-                       nn.BatchNorm2d(C), nn.ReLU(), nn.Conv2d(C, C, k, 1, k // 2, groups=C, bias=False),
-                       nn.Conv2d(C, C, 1, bias=False), nn.BatchNorm2d(C))
-    return _RefSeq(nn.ReLU(), nn.Conv2d(C, C, k, stride, 2 if k == 3 else 4, dilation=2, groups=C, bias=False),
-                   nn.Conv2d(C, C, 1, bias=False), nn.BatchNorm2d(C))
-
-
-class _RefMixedOp(nn.Module):
-    def __init__(self, C, stride):
-        super().__init__()
-        self._ops = nn.ModuleList(_ref_op(p, C, stride) for p in PRIMITIVES)
-
-    def forward(self, x, idx):
-        return self._ops[idx](x)
-
-
-class _RefCell(nn.Module):
-    def __init__(self, cpp, cp, C, reduction, reduction_prev):
-        super().__init__()
-        self.reduction = reduction
-        self.preprocess0 = (_RefFactorizedReduce(cpp, C) if reduction_prev else
-                            _RefSeq(nn.ReLU(), nn.Conv2d(cpp, C, 1, bias=False), nn.BatchNorm2d(C)))
-        self.preprocess1 = _RefSeq(nn.ReLU(), nn.Conv2d(cp, C, 1, bias=False), nn.BatchNorm2d(C))
-        self._ops = nn.ModuleList(_RefMixedOp(C, 2 if reduction and j < 2 else 1)
-                                  for i in range(4) for j in range(2 + i))
-        self._bns = nn.ModuleList()
-
-    def forward(self, s0, s1, cand):
-        states, offset = [self.preprocess0(s0), self.preprocess1(s1)], 0
-        for i in range(4):  # every edge runs, a none edge adds zeros
-            states.append(sum(self._ops[offset + j](h, cand[offset + j]) for j, h in enumerate(states)))
-            offset += len(states) - 1
-        return torch.cat(states[2:], dim=1)
-
-
-class _RefNetwork(nn.Module):
-    def __init__(self, C, num_classes, layers):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 3 * C, 3, padding=1, bias=False), nn.BatchNorm2d(3 * C))
-        cpp, cp, c, cells, red_prev = 3 * C, 3 * C, C, [], False
-        for i in range(layers):
-            red = i in (layers // 3, 2 * layers // 3)
-            c = c * 2 if red else c
-            cells.append(_RefCell(cpp, cp, c, red, red_prev))
-            red_prev, cpp, cp = red, cp, 4 * c
-        self.cells = nn.ModuleList(cells)
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(cp, num_classes)
-
-    def forward(self, x, normal, reduction):
-        s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, reduction if cell.reduction else normal)
-        return self.classifier(self.global_pooling(s1).flatten(1))
 
 
 def _random_state(layout, seed=0):
@@ -167,7 +66,7 @@ def test_reference_darts_checkpoint_has_one_home_per_tensor_and_same_logits(tmp_
         assert len(matches) == 1, ref_name
         assert torch.equal(own[matches[0]], tensor), ref_name
     # the reference network (strict load also checks the layout JSON is that network) gives our logits
-    reference = _RefNetwork(16, num_classes, 8)
+    reference = RefNetwork(16, num_classes, 8)
     reference.load_state_dict(state, strict=True)
     reference.eval(), ours.eval()
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))

@@ -88,8 +88,12 @@ DEFAULTS: dict[str, Any] = {
         "seed": 0,
         "hessian_iters": 10,
         "hessian_tol": 1.0e-4,
-        "batched_sigmas": False,  # evaluate the t perturbed parameter sets together (torch.func.vmap; GPU)
         "amp": None,              # autocast for scoring; refused when sigma_1 is below the dtype's resolution
+        "amp_allow_rank_change": False,  # score.amp is refused unless true: bf16 changed the ranking (README)
+        "noise_stream": "path",   # path: draws for the path's parameters | reference: the reference's global stream
+                                  # (every supernet parameter in its named_parameters() order, torch.normal)
+        "recal_order": "seeded",  # seeded: BN batches in a seeded order | file: the first training images in file
+                                  # order (the reference's unshuffled loader)
         "channels_last": True,    # ~1.7x faster NB201 scoring on CPU; changes float summation order only
     },
     "search": {
@@ -132,6 +136,8 @@ CHOICES: dict[str, tuple] = {
     "score.bn_recal": ("exact", "reference"),
     "score.loss_mean": ("samples", "batches"),
     "score.val_order": ("seeded", "file"),
+    "score.recal_order": ("seeded", "file"),
+    "score.noise_stream": ("path", "reference"),
     "score.angle_vector": ("compact", "reference"),
     "search.crossover": (None, "per_node", "per_gene"),
     "search.mutation_genes": ("all", "normal"),
@@ -224,11 +230,20 @@ def _check_value(name: str, value: Any, default: Any, source: str) -> Any:
     return value
 
 
+# Keys of earlier releases that a config may still hold: an error that says why they went.
+REMOVED: dict[str, str] = {
+    "score.batched_sigmas": "the vmap evaluation of the t sigmas crashed in cuDNN batch norm on CUDA and took "
+                            "0.59-0.75x the speed of sequential scoring on CPU",
+}
+
+
 def merge_config(base: dict[str, Any], update: Mapping[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
     """Return ``base`` updated by ``update`` (recursively); unknown keys and wrong types raise ConfigError."""
     merged = copy.deepcopy(base)
     for key, value in update.items():
         name = f"{prefix}{key}"
+        if key not in merged and name in REMOVED:
+            raise ConfigError(f"{source}: {name} was removed ({REMOVED[name]}); delete the key")
         if key not in merged:
             where = f" in {prefix[:-1]!r}" if prefix else ""
             raise ConfigError(f"{source}: unknown config key {name!r} (known keys{where}: "

@@ -38,7 +38,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vmap
 from torch.utils.data import DataLoader, Dataset
 
 from genas.core.config import DEFAULTS
@@ -46,7 +45,7 @@ from genas.scoring.formulas import check_sigmas
 from genas.spaces.base import Arch, Supernet, check_positions
 
 __all__ = ["Batch", "PerturbationConfig", "fixed_batches", "recalibrated_bn", "autocast_context", "mean_loss",
-           "top1_accuracy", "noise_seed", "top_hessian_eigenvector", "perturbed_losses"]
+           "top1_accuracy", "noise_seed", "top_hessian_eigenvector", "perturbed_losses", "loader_iteration_draw"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -55,6 +54,7 @@ NOISE_MODES = ("independent", "cumulative")
 DIRECTIONS = ("random", "hessian")
 LOSS_MEANS = ("samples", "batches")
 BN_RECAL_MODES = ("exact", "reference")
+NOISE_STREAMS = ("path", "reference")
 
 
 # Defaults are the config's (genas.core.config.DEFAULTS): one place for every default of the suite.
@@ -71,8 +71,11 @@ class PerturbationConfig:
     validation loss w.r.t. the path parameters, found by power iteration, scaled to sqrt(n) v so that its
     length equals the expected length of an n-dimensional standard normal draw; every sigma uses it).
     ``positions``: ``all`` (every weight of the sub-network, the paper's default) or ``cells``.
-    ``batched_sigmas``: evaluate the t perturbed parameter sets together with ``torch.func.vmap`` (one pass
-    over the batches instead of t; uses t times the activation memory).
+    ``noise_stream``: ``path`` (draws for the path's parameters only: per-parameter seeds, or with
+    ``fresh_draws`` one running CPU generator in path order) or ``reference`` (the reference code's stream: one
+    running CPU generator seeded by ``seed``, ``torch.normal(0, std, size)`` for EVERY supernet parameter in
+    the reference's ``named_parameters()`` order, :meth:`Supernet.reference_noise_layout`; draws of parameters
+    off the path are made and discarded, so the path's draws are the reference's, number for number).
     """
 
     sigmas: tuple[float, ...]
@@ -81,7 +84,7 @@ class PerturbationConfig:
     positions: str = _SCORE_DEFAULTS["positions"]
     direction: str = _SCORE_DEFAULTS["direction"]
     seed: int = _SCORE_DEFAULTS["seed"]
-    batched_sigmas: bool = _SCORE_DEFAULTS["batched_sigmas"]
+    noise_stream: str = _SCORE_DEFAULTS["noise_stream"]
     hessian_iters: int = _SCORE_DEFAULTS["hessian_iters"]
     hessian_tol: float = _SCORE_DEFAULTS["hessian_tol"]
     fresh_draws: bool = _SCORE_DEFAULTS["fresh_draws"]
@@ -101,6 +104,11 @@ class PerturbationConfig:
         if self.fresh_draws and self.common_random_numbers:
             raise ValueError("score.fresh_draws=true (noise from one stream that runs on across candidates, as the "
                              "reference) contradicts score.common_random_numbers=true: set it to false")
+        if self.noise_stream not in NOISE_STREAMS:
+            raise ValueError(f"score.noise_stream must be one of {NOISE_STREAMS}, got {self.noise_stream!r}")
+        if self.noise_stream == "reference" and not self.fresh_draws:
+            raise ValueError("score.noise_stream=reference is the reference's running generator: it needs "
+                             "score.fresh_draws=true (and score.common_random_numbers=false)")
         if self.fresh_draws and self.direction == "hessian":
             raise ValueError("score.fresh_draws applies to random directions only (score.direction=random)")
 
@@ -316,10 +324,16 @@ def _hessian_direction(supernet: Supernet, arch: Arch, params: Sequence[torch.Te
 
 def _perturb_in_turn(targets: Sequence[torch.Tensor], originals: Sequence[torch.Tensor], names: Sequence[str],
                      arch: Arch, cfg: PerturbationConfig, hessian: Sequence[torch.Tensor] | None,
-                     generator: torch.Generator | None = None) -> Iterator[int]:
+                     generator: torch.Generator | None = None,
+                     layout: Sequence[tuple[str | None, tuple[int, ...]]] | None = None) -> Iterator[int]:
     """Write the perturbation of each sigma in turn into ``targets`` (which start equal to ``originals``);
     yields the sigma index once ``targets`` hold it. With ``generator`` (``score.fresh_draws``) every draw
-    comes from that CPU generator, in parameter order, as the reference's ``torch.normal`` calls."""
+    comes from that CPU generator, in parameter order, as the reference's ``torch.normal`` calls; with
+    ``layout`` too (``score.noise_stream=reference``) the generator draws every tensor of ``layout`` and the
+    draws of ``names`` are kept."""
+    if layout is not None:
+        yield from _perturb_reference_stream(targets, originals, names, cfg, generator, layout)
+        return
     previous_sigma = 0.0
     for i, sigma in enumerate(cfg.sigmas):
         for k, (target, start, name) in enumerate(zip(targets, originals, names)):
@@ -338,8 +352,40 @@ def _perturb_in_turn(targets: Sequence[torch.Tensor], originals: Sequence[torch.
         yield i
 
 
+def loader_iteration_draw(generator: torch.Generator) -> None:
+    """The draw a ``torch.utils.data.DataLoader`` takes from the global generator each time it is iterated
+    (``_BaseDataLoaderIter`` draws its workers' base seed with ``random_()`` on an int64 scalar): the reference
+    iterates its loaders inside the scored function, so these draws sit between its noise draws."""
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+
+
+def _perturb_reference_stream(targets: Sequence[torch.Tensor], originals: Sequence[torch.Tensor],
+                              names: Sequence[str], cfg: PerturbationConfig, generator: torch.Generator,
+                              layout: Sequence[tuple[str | None, tuple[int, ...]]]) -> Iterator[int]:
+    """The reference's draws (GeNAS ``get_cand_wlm``): per sigma, the validation loader's iteration draw, then
+    ``torch.normal(0, std, size)`` for every
+    tensor of ``layout`` in order (std = sigma_i - sigma_(i-1) cumulatively, sigma_i independently), cast to
+    the parameter's dtype and device and added; draws of tensors off the path are discarded."""
+    position = {name: k for k, name in enumerate(names)}
+    previous_sigma = 0.0
+    for i, sigma in enumerate(cfg.sigmas):
+        loader_iteration_draw(generator)  # the reference's iter(val_loader) before each sigma's noise
+        std = sigma if cfg.noise == "independent" else sigma - previous_sigma
+        if cfg.noise == "independent":
+            for target, start in zip(targets, originals):
+                target.copy_(start)
+        for name, shape in layout:
+            noise = torch.normal(0.0, std, size=shape, generator=generator)
+            k = position.get(name) if name is not None else None
+            if k is not None:
+                targets[k].add_(noise.to(dtype=targets[k].dtype, device=targets[k].device))
+        previous_sigma = sigma
+        yield i
+
+
 def perturbed_losses(supernet: Supernet, arch: Arch, batches: Sequence[Batch], cfg: PerturbationConfig,
-                     amp_dtype: torch.dtype | None = None, generator: torch.Generator | None = None) -> list[float]:
+                     amp_dtype: torch.dtype | None = None, generator: torch.Generator | None = None,
+                     layout: Sequence[tuple[str | None, tuple[int, ...]]] | None = None) -> list[float]:
     """Validation losses L_1..L_t of ``arch`` with its path parameters perturbed at each sigma of ``cfg``.
 
     Call it with BN already recalibrated and the supernet in eval mode (inside :func:`recalibrated_bn`).
@@ -352,45 +398,17 @@ def perturbed_losses(supernet: Supernet, arch: Arch, batches: Sequence[Batch], c
     hessian = (_hessian_direction(supernet, arch, params, batches, cfg) if cfg.direction == "hessian" else None)
     if cfg.fresh_draws and generator is None:
         raise ValueError("score.fresh_draws needs the scorer's noise generator (pass generator=)")
-    if cfg.batched_sigmas:
-        return _batched_losses(supernet, arch, batches, names, originals, cfg, hessian, amp_dtype, generator)
+    if cfg.noise_stream == "reference" and layout is None:
+        raise ValueError("score.noise_stream=reference needs the reference's parameter layout (pass layout=, "
+                         "genas.scoring.reference_stream.reference_noise_layout)")
     losses = []
     try:
         with torch.no_grad():
-            for _ in _perturb_in_turn(params, originals, names, arch, cfg, hessian, generator):
+            for _ in _perturb_in_turn(params, originals, names, arch, cfg, hessian, generator,
+                                      layout if cfg.noise_stream == "reference" else None):
                 losses.append(mean_loss(lambda x: supernet(x, arch), batches, amp_dtype, cfg.loss_mean))
     finally:
         with torch.no_grad():
             for p, start in zip(params, originals):
                 p.copy_(start)
     return losses
-
-
-def _batched_losses(supernet: Supernet, arch: Arch, batches: Sequence[Batch], names: Sequence[str],
-                    originals: Sequence[torch.Tensor], cfg: PerturbationConfig,
-                    hessian: Sequence[torch.Tensor] | None, amp_dtype: torch.dtype | None,
-                    generator: torch.Generator | None = None) -> list[float]:
-    """The t perturbed parameter sets stacked along a new leading dim and evaluated together with
-    ``torch.func.vmap`` over ``functional_call``: one pass over the batches, the supernet never modified."""
-    with torch.no_grad():
-        targets = [start.clone() for start in originals]
-        per_sigma = [[t.clone() for t in targets]
-                     for _ in _perturb_in_turn(targets, originals, names, arch, cfg, hessian, generator)]
-        # NCHW throughout: vmap has no batching rule for the as_strided_ of channels_last adaptive pooling
-        params_by_name = {name: torch.stack([v.contiguous() for v in values])
-                          for name, values in zip(names, zip(*per_sigma))}
-
-    def loss_sum(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(supernet, params, (x, arch))
-        return F.cross_entropy(logits.float(), y, reduction="sum")
-
-    batched = vmap(loss_sum, in_dims=(0, None, None))
-    total = None
-    with torch.no_grad():
-        for x, y in batches:
-            with autocast_context(x.device, amp_dtype):
-                losses = batched(params_by_name, x.contiguous(), y).double()
-            if cfg.loss_mean == "batches":
-                losses = losses / y.shape[0]
-            total = losses if total is None else total + losses
-    return (total / (len(batches) if cfg.loss_mean == "batches" else _num_samples(batches))).tolist()

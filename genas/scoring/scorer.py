@@ -44,6 +44,7 @@ crashes on one.
 """
 from __future__ import annotations
 
+import base64
 import math
 import time
 import warnings
@@ -55,10 +56,11 @@ from torch.utils.data import Dataset
 
 from genas.core.config import DEFAULTS
 from genas.core.distributed import amp_dtype
-from genas.scoring.perturbation import (PerturbationConfig, fixed_batches, perturbed_losses, recalibrated_bn,
-                                top1_accuracy)
+from genas.scoring.perturbation import (PerturbationConfig, fixed_batches, loader_iteration_draw, perturbed_losses,
+                                       recalibrated_bn, top1_accuracy)
 from genas.scoring.formulas import angle_between, combined_score, flatness_from_losses
 from genas.scoring import proxies
+from genas.scoring.reference_stream import reference_noise_layout
 from genas.spaces.base import Arch, Supernet
 
 __all__ = ["METRICS", "ArchScorer", "check_score_config", "combine_parts", "perturbation_config", "path_weight_vector"]
@@ -103,6 +105,11 @@ def _score_config(score_cfg: Mapping[str, Any]) -> dict[str, Any]:
     if cfg["metric"] not in METRICS:
         raise ValueError(f"score.metric must be one of {METRICS}, got {cfg['metric']!r}")
     amp_dtype(cfg["amp"], "score.amp")
+    if cfg["amp"] is not None and cfg["amp"] != "null" and not cfg["amp_allow_rank_change"]:
+        raise ValueError(f"score.amp={cfg['amp']} changes the ranking (measured on CPU: Kendall tau 0.94 between the "
+                         f"fp32 and bf16 rankings of 12 NB201 architectures) and was slower than fp32 on an H200 "
+                         f"(1.28 vs 1.14 s per candidate): set score.amp_allow_rank_change=true to use it anyway, "
+                         f"or score.amp=null")
     _check_reference_options(cfg)
     return cfg
 
@@ -110,7 +117,7 @@ def _score_config(score_cfg: Mapping[str, Any]) -> dict[str, Any]:
 def _check_reference_options(cfg: Mapping[str, Any]) -> None:
     """The options of the reference protocol (README "Reference protocol vs defaults")."""
     for key, allowed in (("bn_recal", ("exact", "reference")), ("angle_vector", ANGLE_VECTORS),
-                         ("val_order", ("seeded", "file"))):
+                         ("val_order", ("seeded", "file")), ("recal_order", ("seeded", "file"))):
         if cfg[key] not in allowed:
             raise ValueError(f"score.{key} must be one of {allowed}, got {cfg[key]!r}")
     if not (isinstance(cfg["gamma_acc"], (int, float)) and math.isfinite(cfg["gamma_acc"])):
@@ -129,7 +136,7 @@ def perturbation_config(cfg: Mapping[str, Any]) -> PerturbationConfig:
         sigmas=tuple(cfg["sigmas"]), noise=cfg["noise"],
         common_random_numbers=bool(cfg["common_random_numbers"]), positions=cfg["positions"],
         direction=cfg["direction"], seed=int(cfg["seed"]),
-        batched_sigmas=bool(cfg["batched_sigmas"]), hessian_iters=int(cfg["hessian_iters"]),
+        noise_stream=cfg["noise_stream"], hessian_iters=int(cfg["hessian_iters"]),
         hessian_tol=float(cfg["hessian_tol"]), fresh_draws=bool(cfg["fresh_draws"]), loss_mean=cfg["loss_mean"])
 
 
@@ -162,6 +169,9 @@ class ArchScorer:
         self.memory_format = torch.channels_last if self.cfg["channels_last"] else torch.contiguous_format
         if self.cfg["channels_last"]:
             self.supernet.to(memory_format=self.memory_format)  # same values, NHWC strides
+        # score.recal_order=file: the BN batches are the training split's first images in file order, the same for
+        # every candidate (the reference's unshuffled loader, iterated anew per candidate)
+        self.recal_seeded = self.cfg["recal_order"] == "seeded"
         parts = self.cfg["metric"].split("+")
         self.uses_angle = "angle" in parts
         self.uses_accuracy = "accuracy" in parts
@@ -184,7 +194,7 @@ class ArchScorer:
             seed = int(self.cfg["seed"])
             self.recalib_batches = fixed_batches(train_data, self.cfg["recalib_batches"],
                                                  int(self.cfg["batch_size_recalib"]), seed, self.device,
-                                                 self.memory_format)
+                                                 self.memory_format, shuffle=self.recal_seeded)
             self.val_batches = fixed_batches(val_data, self.cfg["eval_batches"], int(self.cfg["eval_batch_size"]),
                                              seed + 1, self.device, self.memory_format,
                                              shuffle=self.cfg["val_order"] == "seeded")
@@ -197,11 +207,13 @@ class ArchScorer:
         if self.uses_accuracy and self.uses_flatness and self.cfg["recalib_batches_acc"] is not None:
             self.acc_recalib_batches = fixed_batches(train_data, self.cfg["recalib_batches_acc"],
                                                      int(self.cfg["batch_size_recalib"]), int(self.cfg["seed"]) + 2,
-                                                     self.device, self.memory_format)
+                                                     self.device, self.memory_format, shuffle=self.recal_seeded)
         if self.uses_angle and self.cfg["angle_vector"] == "reference" and not hasattr(supernet,
                                                                                      "reference_angle_vector"):
             raise ValueError(f"score.angle_vector=reference: the {supernet.space.name} supernet has no reference "
                              f"angle vector")
+        self.noise_layout = (reference_noise_layout(self.supernet)
+                             if self.uses_flatness and self.perturbation.noise_stream == "reference" else None)
         self.num_nonfinite = 0
         self.proxy_reference = self._proxy_reference() if self.proxy and self.uses_flatness else None
 
@@ -287,6 +299,9 @@ class ArchScorer:
 
             mode = self.cfg["bn_recal"]
             generator = self._noise_generator if self.perturbation.fresh_draws else None
+            if self.noise_layout is not None:
+                for _ in range(self._reference_loader_draws()):
+                    loader_iteration_draw(generator)
             if self.acc_recalib_batches is not None:
                 with recalibrated_bn(self.supernet, forward, self._recalibration(self.acc_recalib_batches),
                                      self.amp_dtype, mode):
@@ -299,7 +314,7 @@ class ArchScorer:
                     result["accuracy"] = top1_accuracy(forward, self.val_batches, self.amp_dtype)
                 if self.uses_flatness:
                     result["losses"] = perturbed_losses(self.supernet, arch, self.val_batches, self.perturbation,
-                                                        self.amp_dtype, generator)
+                                                        self.amp_dtype, generator, self.noise_layout)
         result["seconds"] = time.perf_counter() - start
         if result["losses"] is not None and not all(math.isfinite(v) for v in result["losses"]):
             self.num_nonfinite += 1
@@ -311,10 +326,37 @@ class ArchScorer:
         result["score"] = self._combine(result)
         return result
 
+    def _reference_loader_draws(self) -> int:
+        """Draws the reference's data loaders take from its global stream before a candidate's first noise
+        (torch 1.7.1, the official environment): each ``iter(loader)`` draws one int64 (its workers' base seed)
+        and a shuffled loader's ``RandomSampler`` one more (its permutation's seed). get_cand_acc (in
+        accuracy+flatness, first) iterates the train and validation loaders, get_cand_wlm the train loader; the
+        train loader is shuffled unless ``score.recal_order=file``. The validation loader's draw before each
+        sigma is taken in :func:`perturbed_losses`."""
+        train = 1 + (1 if self.recal_seeded else 0)
+        return (train + 1 + train) if self.uses_accuracy else train
+
+    def stream_state(self) -> dict[str, Any] | None:
+        """The state of the running streams of ``score.fresh_draws`` (the BN-batch numpy generator and the noise
+        generator), JSON-able, or None when scores do not depend on evaluation order. A resumed search
+        restores it (:meth:`load_stream_state`) so that its scores equal the uninterrupted run's."""
+        if not self.perturbation.fresh_draws:
+            return None
+        noise = self._noise_generator.get_state().numpy().tobytes()
+        return {"batch_rng": self._batch_rng.bit_generator.state, "noise": base64.b64encode(noise).decode("ascii")}
+
+    def load_stream_state(self, state: Mapping[str, Any] | None) -> None:
+        """Continue the running streams from :meth:`stream_state`'s ``state`` (None: nothing to restore)."""
+        if state is None or not self.perturbation.fresh_draws:
+            return
+        self._batch_rng.bit_generator.state = state["batch_rng"]
+        noise = np.frombuffer(base64.b64decode(state["noise"]), dtype=np.uint8).copy()
+        self._noise_generator.set_state(torch.from_numpy(noise))
+
     def _recalibration(self, fixed: list) -> list:
         """The BN batches of one candidate: ``fixed`` (default), or with ``score.fresh_draws`` as many new
         batches drawn from the scorer's running stream (new images and random crops for each candidate)."""
-        if not self.perturbation.fresh_draws:
+        if not self.perturbation.fresh_draws or not self.recal_seeded:
             return fixed
         return fixed_batches(self.train_data, len(fixed), int(self.cfg["batch_size_recalib"]), self._batch_rng,
                              self.device, self.memory_format)
