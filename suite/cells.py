@@ -196,12 +196,13 @@ def run_cell(cell: Cell | Mapping[str, Any], out: str | os.PathLike, device: str
                     log.write(f"error: the command line wrote no result file {produced}\n")
                     raise _CellFailed(step_name, 0)
                 _file_result(cell, produced, paths["result"], time.perf_counter() - start, steps)
-    except (_CellFailed, FileNotFoundError, ResultFileError) as e:
+    except Exception as e:  # noqa: BLE001  (whatever stops a cell is its failure; the run goes on)
         if isinstance(e, _CellFailed):
             step_name, returncode = e.step, e.returncode
         else:
             with open(log_path, "a", encoding="utf-8") as log:
-                log.write(f"error: {e}\n")
+                log.write(f"error: {e}\n" if isinstance(e, (FileNotFoundError, ResultFileError))
+                          else f"error: {type(e).__name__}: {e}\n")
         seconds = time.perf_counter() - start
         line = last_log_line(log_path)
         if main:

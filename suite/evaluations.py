@@ -225,7 +225,8 @@ def build_steps(cell: Mapping[str, Any], files: Mapping[str, Any], work: Path, d
         return [Step(argv, spawns=True)], work / "results_detection.json"
     # segmentation: train, then test the last checkpoint in a fresh process
     channels = feature_channels(files["architecture"], files["model_args"])
-    options = {"model.backbone.model_name": files["architecture"], "model.backbone.weights": files["weights"],
+    options = {"model.backbone.model_name": files["architecture"],
+               **({"model.backbone.weights": files["weights"]} if files["weights"] else {}),
                "model.decode_head.in_channels": channels[3], "model.auxiliary_head.in_channels": channels[2],
                **{f"model.backbone.{k}": v for k, v in files["model_args"].items()},
                **_substitute(opts["cfg_options"], fields)}

@@ -168,7 +168,7 @@ class Manifest:
         if local_dir is not None:
             import json
             try:
-                check_model_name(name, f"{at}: model")
+                check_model_name(f"local-dir:{local_dir}", f"{at}: model")
                 config = json.loads((Path(local_dir) / "config.json").read_text(encoding="utf-8"))
             except (UsageError, OSError, ValueError) as e:
                 raise ManifestError(str(e)) from None
