@@ -174,7 +174,7 @@ def run_cell(cell: Cell | Mapping[str, Any], out: str | os.PathLike, device: str
             except Exception as e:  # noqa: BLE001  (a model that cannot be built is this cell's failure)
                 log.write(f"error: {type(e).__name__}: {e}\n")
                 raise _CellFailed("prepare", None) from None
-            if produced.exists():
+            if main and produced.exists():
                 produced.unlink()
             proc_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
             if EVALUATIONS[cell.evaluation].cli == "detection":

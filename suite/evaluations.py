@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from genas.core.io import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 
 ROBUSTNESS, DETECTION, SEGMENTATION = "robustness", "detection", "segmentation"
@@ -150,8 +152,7 @@ def model_files(model: Mapping[str, Any], models_dir: Path) -> dict[str, Any]:
     folder = models_dir / model["name"]
     if isinstance(args.get("genotype"), (dict, list)):
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "genotype.json"
-        path.write_text(json.dumps(args["genotype"]) + "\n", encoding="utf-8")
+        path = atomic_write_text(folder / "genotype.json", json.dumps(args["genotype"]) + "\n")
         args["genotype"] = str(path)
     classifier = model["local_dir"] and not model["weights_from_cli"] and f"local-dir:{model['local_dir']}"
     if not classifier and args:
@@ -161,7 +162,7 @@ def model_files(model: Mapping[str, Any], models_dir: Path) -> dict[str, Any]:
         cfg = timm.models.get_pretrained_cfg(model["architecture"])
         hub = {"architecture": model["architecture"], "num_classes": 1000,
                "pretrained_cfg": cfg.to_dict() if cfg is not None else {}, "model_args": args}
-        (folder / "config.json").write_text(json.dumps(hub, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(folder / "config.json", json.dumps(hub, indent=2) + "\n")
         classifier = f"local-dir:{folder}"
     return {"classifier": classifier or model["architecture"], "architecture": model["architecture"],
             "model_args": args, "weights": model["weights"] or ""}
@@ -214,8 +215,8 @@ def build_steps(cell: Mapping[str, Any], files: Mapping[str, Any], work: Path, d
         if files["model_args"]:  # yacs takes new MODEL_KWARGS keys from YAML only: a two-line config on top
             derived = work / "config.yaml"
             work.mkdir(parents=True, exist_ok=True)
-            derived.write_text(json.dumps({"_BASE_": str(config),
-                                           "MODEL": {"GENAS": {"MODEL_KWARGS": files["model_args"]}}}) + "\n")
+            atomic_write_text(derived, json.dumps({"_BASE_": str(config),
+                                                   "MODEL": {"GENAS": {"MODEL_KWARGS": files["model_args"]}}}) + "\n")
             config = derived
         argv = py + [str(REPO / "detection" / "train_net.py"), "--config-file", str(config),
                      "MODEL.GENAS.NAME", files["architecture"], "MODEL.GENAS.WEIGHTS", files["weights"],
