@@ -24,8 +24,12 @@ epoch end and when ``--max-steps`` stops the run), ``model_best.pth`` / ``model_
 pretrained_cfg_overlay=dict(file=...))``), ``train_log.csv``, ``eval_log.csv``, ``config.yaml`` and, when
 training completes, ``result.json`` (:mod:`genas.core.results`, kind ``imagenet``). A resumed run restores model,
 optimizer, learning-rate schedule (a torch ``LambdaLR`` stepped once per epoch), AMP scaler and every rank's RNG
-state, and re-enters the epoch at the next batch (the sample order depends only on seed and epoch); augmentation
-draws inside loader workers are not replayed.
+state, and re-enters the epoch at the next batch: the sample order depends only on seed and epoch, and each image's
+augmentation (crop, flip, colour jitter) is drawn from Python's and torch's generators seeded for that image by
+(seed, epoch, image index), in whichever process or loader worker loads it, and restored afterwards. The data
+loaders draw their worker seeds from their own generator, so the global torch generator (drop-path) advances only
+with the model. A stopped and resumed run therefore trains the same weights as an uninterrupted one (bit for bit on
+the CPU with the same number of threads; ``tests/test_train_imagenet.py`` compares them).
 
 GPU options: ``--amp bf16`` / ``--amp fp16`` (autocast; fp16 with a gradient scaler) and ``--channels-last``
 (model and inputs in NHWC), or ``amp:`` / ``channels_last:`` in the YAML.
@@ -33,11 +37,13 @@ GPU options: ``--amp bf16`` / ``--amp fp16`` (autocast; fp16 with a gradient sca
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+import numpy as np
 import timm
 import torch
 from timm.data import create_transform, resolve_data_config
@@ -45,7 +51,7 @@ from timm.utils import accuracy
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
@@ -181,10 +187,41 @@ def _epoch_indices(num_samples: int, epoch: int, seed: int, info: DistInfo) -> l
     return list(RandomSampler(range(num_samples), generator=generator))
 
 
-def _loader(dataset: Any, indices: Sequence[int], batch_size: int, cfg: Mapping[str, Any], device: torch.device,
+def _epoch_keys(num_samples: int, epoch: int, seed: int, info: DistInfo) -> list[tuple[int, int]]:
+    """This rank's ``(image index, augmentation seed)`` keys for ``epoch`` in :func:`_epoch_indices` order; the
+    seed of an image depends only on (seed, epoch, image index)."""
+    seeds = np.random.default_rng([seed, epoch]).integers(0, 2**62, size=num_samples)
+    return [(int(i), int(seeds[i])) for i in _epoch_indices(num_samples, epoch, seed, info)]
+
+
+class SeededAugmentation(Dataset):
+    """``dataset[(index, seed)]`` with its random transform drawn from Python's ``random`` (timm's
+    RandomResizedCrop) and torch's default generator (flip, colour jitter) seeded by ``seed``; both generators
+    are restored afterwards, so augmentation neither depends on nor disturbs the process's own streams."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        python_state, torch_state = random.getstate(), torch.default_generator.get_state()
+        random.seed(seed)
+        torch.default_generator.manual_seed(seed)
+        try:
+            return self.dataset[index]
+        finally:
+            random.setstate(python_state)
+            torch.default_generator.set_state(torch_state)
+
+
+def _loader(dataset: Any, indices: Sequence, batch_size: int, cfg: Mapping[str, Any], device: torch.device,
             drop_last: bool) -> DataLoader:
+    # generator=: the loader's base seed (drawn at every iteration) must not advance the global generator
     return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=cfg["workers"],
-                      pin_memory=device.type == "cuda", drop_last=drop_last)
+                      pin_memory=device.type == "cuda", drop_last=drop_last, generator=torch.Generator())
 
 
 @torch.no_grad()
@@ -217,7 +254,10 @@ def evaluate(model: nn.Module, dataset: Any, cfg: Mapping[str, Any], info: DistI
 def _restore_rng(states: Sequence[Mapping[str, Any]], info: DistInfo) -> None:
     """This rank's saved states (when the run is resumed with another world size: rank ``r % saved``). The
     checkpoint is loaded with ``map_location='cpu'``: ``torch.set_rng_state`` accepts only CPU ByteTensors."""
-    set_rng_states(states[info.rank % len(states)], info.device)
+    state = states[info.rank % len(states)]
+    set_rng_states(state, info.device)
+    if "python_rng" in state:
+        random.setstate(state["python_rng"])
 
 
 def _check_resume(saved: Mapping[str, Any], cfg: Mapping[str, Any], path: Path) -> None:
@@ -259,12 +299,12 @@ def _train(cfg: dict[str, Any], out: Path, resume: bool, info: DistInfo) -> Path
     model = _build_model(cfg, num_classes)
     data_cfg = resolve_data_config(model=model)
     data_cfg["input_size"] = (3, cfg["input_size"], cfg["input_size"])
-    train_set = _image_folder(root, "train", create_transform(
-        **data_cfg, is_training=True, color_jitter=tuple(cfg["color_jitter"])))
+    train_set = SeededAugmentation(_image_folder(root, "train", create_transform(
+        **data_cfg, is_training=True, color_jitter=tuple(cfg["color_jitter"]))))
     val_set = _image_folder(root, "val", create_transform(**data_cfg, is_training=False))
-    if val_set is not None and val_set.classes != train_set.classes:
+    if val_set is not None and val_set.classes != probe.classes:
         raise TrainError(f"{root / 'val'} has other classes than {root / 'train'}: "
-                         f"{sorted(set(val_set.classes) ^ set(train_set.classes))[:5]}...")
+                         f"{sorted(set(val_set.classes) ^ set(probe.classes))[:5]}...")
     steps_per_epoch = len(train_set) // (batch_per_rank * info.world_size)
     if steps_per_epoch == 0:
         raise TrainError(f"{root / 'train'} has {len(train_set)} images, fewer than one global batch of "
@@ -306,7 +346,8 @@ def _train(cfg: dict[str, Any], out: Path, resume: bool, info: DistInfo) -> Path
         eval_log = CsvLog(out / "eval_log.csv", EVAL_FIELDS, step)
 
     def save_state(next_epoch: int, next_batch: int) -> None:
-        rng = all_gather_objects(get_rng_states(info.device))  # every rank's states (CPU tensors); rank 0 writes
+        # every rank's states (CPU tensors); rank 0 writes
+        rng = all_gather_objects({**get_rng_states(info.device), "python_rng": random.getstate()})
         if info.is_main:
             atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
@@ -320,10 +361,10 @@ def _train(cfg: dict[str, Any], out: Path, resume: bool, info: DistInfo) -> Path
     while epoch < cfg["epochs"] and not stopped:
         lr = optimizer.param_groups[0]["lr"]  # the scheduler's value for this epoch
         model.drop_path_prob = cfg["drop_path"] * epoch / cfg["epochs"]
-        indices = _epoch_indices(len(train_set), epoch, cfg["seed"], info)[batch_in_epoch * batch_per_rank:]
+        keys = _epoch_keys(len(train_set), epoch, cfg["seed"], info)[batch_in_epoch * batch_per_rank:]
         net.train()
         tic = time.perf_counter()
-        for images, labels in _loader(train_set, indices, batch_per_rank, cfg, info.device, drop_last=True):
+        for images, labels in _loader(train_set, keys, batch_per_rank, cfg, info.device, drop_last=True):
             images, labels = images.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
             if cfg["channels_last"]:
                 images = images.contiguous(memory_format=torch.channels_last)

@@ -6,6 +6,7 @@ import argparse
 import csv
 import math
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,33 @@ def tiny_imagefolder(tmp_path: Path) -> Path:
                 img = np.clip(base * 200 + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
                 Image.fromarray(img).save(folder / f"{i}.png")
     return tmp_path / "data"
+
+
+# DARTS cells of skip connections and pooling: few layers (0.15 s a training step on one CPU thread, a third of
+# genas_c100's), still the DARTS ImageNet network (stems, preprocessing convs, reductions, auxiliary head)
+LIGHT_GENOTYPE = ("Genotype(normal=[('skip_connect', 0), ('skip_connect', 1), ('avg_pool_3x3', 0), ('skip_connect', 1), "
+                  "('skip_connect', 0), ('max_pool_3x3', 1), ('skip_connect', 0), ('skip_connect', 1)], "
+                  "normal_concat=range(2, 6), reduce=[('max_pool_3x3', 0), ('avg_pool_3x3', 1), ('skip_connect', 2), "
+                  "('max_pool_3x3', 1), ('skip_connect', 2), ('skip_connect', 3), ('skip_connect', 2), "
+                  "('skip_connect', 3)], reduce_concat=range(2, 6))")
+
+
+@pytest.fixture
+def stripes(tmp_path: Path) -> Path:
+    """A separable ImageFolder: horizontal vs vertical stripes (random period 6-11 px and phase, pixel noise),
+    32 train / 8 val images per class, 64x64 grey PNG."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64]
+    for split, count in (("train", 32), ("val", 8)):
+        for label, name in enumerate(("horizontal", "vertical")):
+            folder = tmp_path / "stripes" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                period = int(rng.integers(6, 12))
+                bright = ((yy if label == 0 else xx) + rng.integers(0, period)) % period < period // 2
+                img = np.clip(28 + 200 * bright + rng.normal(0, 20, bright.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(np.repeat(img[..., None], 3, -1)).save(folder / f"{i}.png")
+    return tmp_path / "stripes"
 
 
 def test_reference_lr_schedule():
@@ -115,12 +143,62 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _final_model(out: Path, **kwargs) -> torch.nn.Module:
+    """The run's ``model_final.pth`` in a timm model (``genas_c100`` C=8 unless ``kwargs`` say otherwise)."""
+    name = "darts_imagenet" if "genotype" in kwargs else "genas_c100"
+    return timm.create_model(name, C=8, num_classes=2, pretrained=True, **kwargs,
+                             pretrained_cfg_overlay=dict(file=str(out / "model_final.pth"), num_classes=2))
+
+
+def _top1_and_loss_by_hand(model: torch.nn.Module, val_root: Path) -> tuple[float, float]:
+    """Top-1 (percent) and mean cross-entropy of ``model`` on ``val_root``: the eval transform of its data config
+    at 64 px, one image at a time."""
+    from timm.data import create_transform, resolve_data_config
+    from torchvision.datasets import ImageFolder
+
+    model.eval()
+    transform = create_transform(**dict(resolve_data_config(model=model), input_size=(3, 64, 64)), is_training=False)
+    hits, losses = 0, []
+    with torch.no_grad():
+        for image, label in ImageFolder(str(val_root), transform=transform):
+            logits = model(image[None])[0]
+            hits += int(logits.argmax()) == label
+            losses.append(float(torch.nn.functional.cross_entropy(logits[None], torch.tensor([label]))))
+    return 100 * hits / len(losses), sum(losses) / len(losses)
+
+
+def _same_run(a: Path, b: Path) -> None:
+    """Two run folders hold the same training: weights, optimizer, schedule and RNG states bit for bit, the same
+    logged numbers (the throughput column aside) and results."""
+    sa, sb = load_checkpoint(a / "last.pth"), load_checkpoint(b / "last.pth")
+    assert sa["model"].keys() == sb["model"].keys()
+    assert [k for k in sa["model"] if not torch.equal(sa["model"][k], sb["model"][k])] == []
+    momenta = [(x["momentum_buffer"], y["momentum_buffer"])
+               for x, y in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values())]
+    assert len(momenta) == len(sa["optimizer"]["state"]) == len(sb["optimizer"]["state"]) > 0
+    assert all(torch.equal(x, y) for x, y in momenta)
+    assert sa["scheduler"] == sb["scheduler"] and (sa["step"], sa["epoch"]) == (sb["step"], sb["epoch"])
+    assert torch.equal(sa["rng"][0]["torch_rng"], sb["rng"][0]["torch_rng"])
+    fa, fb = load_checkpoint(a / "model_final.pth"), load_checkpoint(b / "model_final.pth")
+    assert all(torch.equal(fa["state_dict"][k], fb["state_dict"][k]) for k in fa["state_dict"])
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "images_per_s"} for r in rows]  # noqa: E731
+    assert strip(_rows(a / "train_log.csv")) == strip(_rows(b / "train_log.csv"))
+    assert _rows(a / "eval_log.csv") == _rows(b / "eval_log.csv")
+    assert read_result(a / "result.json")["metrics"] == read_result(b / "result.json")["metrics"]
+
+
 def test_smoke_train_stop_resume_finish(tiny_imagefolder, tmp_path, capsys, monkeypatch):
-    out = tmp_path / "run"
+    """A run stopped after step 1, resumed in this process to step 2 and then in a fresh process (as a user
+    restarts it) to the end equals the uninterrupted run bit for bit. Drop-path (0.1 in epoch 1) draws from the
+    global generator, and the augmentation (in a loader worker) from its own, so both have to be right."""
+    out, full = tmp_path / "run", tmp_path / "full"
     # 8 train images / batch 4 = 2 steps per epoch, 2 epochs = 4 steps; C=8 keeps it fast
-    common = ["--data", str(tiny_imagefolder), "--model", "genas_c100", "--C", "8", "--epochs", "2",
-              "--warmup-epochs", "1", "--batch-size", "4", "--input-size", "64", "--workers", "0",
-              "--device", "cpu", "--log-every", "1", "--no-progress", "--output", str(out)]
+    args = ["--data", str(tiny_imagefolder), "--model", "genas_c100", "--C", "8", "--epochs", "2",
+            "--warmup-epochs", "1", "--batch-size", "4", "--input-size", "64", "--workers", "1", "--drop-path", "0.2",
+            "--device", "cpu", "--log-every", "1", "--no-progress"]
+    common = args + ["--output", str(out)]
+    assert main(args + ["--output", str(full)]) == 0  # uninterrupted
+
     assert main(common + ["--max-steps", "1"]) == 0
     state = load_checkpoint(out / "last.pth")
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (1, 0, 1)
@@ -146,10 +224,18 @@ def test_smoke_train_stop_resume_finish(tiny_imagefolder, tmp_path, capsys, monk
     real_set_rng_states = train_imagenet.set_rng_states  # recorded, then really restored
     monkeypatch.setattr(train_imagenet, "set_rng_states",
                         lambda s, device: restored.append(s["torch_rng"].clone()) or real_set_rng_states(s, device))
-    assert main(common + ["--resume"]) == 0
+    assert main(common + ["--resume", "--max-steps", "2"]) == 0
     assert loads == ["cpu"] and len(restored) == 1 and torch.equal(restored[0], state["rng"][0]["torch_rng"])
+    assert [int(r["step"]) for r in _rows(out / "train_log.csv")] == [1, 2]  # continued from the saved step
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # OMP_NUM_THREADS: the suite's (conftest), as in this process
+    proc = subprocess.run([sys.executable, "backbones/train_imagenet.py", *common, "--resume"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _same_run(out, full)
+
     rows = _rows(out / "train_log.csv")
-    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]  # continued from the saved step
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.5, 0.5, 0.5, 0.5])  # epoch 1: 0.5 * (2-1)/(2-1)
     assert all(math.isfinite(float(r["loss"])) for r in rows)
     evals = _rows(out / "eval_log.csv")
@@ -159,15 +245,37 @@ def test_smoke_train_stop_resume_finish(tiny_imagefolder, tmp_path, capsys, monk
     assert state["scheduler"]["last_epoch"] == 2
     result = read_result(out / "result.json")
     assert result["kind"] == "imagenet" and result["model"] == "genas_c100"
-    # 4 val images, 2 classes: top-1 is a multiple of 25 %, top-5 covers both classes
-    assert result["metrics"]["top1"] in (0.0, 25.0, 50.0, 75.0, 100.0) and result["metrics"]["top5"] == 100.0
-    assert float(evals[-1]["top1"]) == result["metrics"]["top1"]
+    # the reported top-1 and loss are those of the final weights, evaluated here image by image
+    top1, loss = _top1_and_loss_by_hand(_final_model(out), tiny_imagefolder / "val")
+    assert result["metrics"]["top1"] == float(evals[-1]["top1"]) == top1
+    assert float(evals[-1]["loss"]) == pytest.approx(loss, rel=1e-5)
+    assert result["metrics"]["top5"] == 100.0  # 2 classes
 
     # the final weights load into a timm model (the overlay's num_classes tells timm the head matches)
     model = timm.create_model("genas_c100", C=8, num_classes=2, pretrained=True,
                               pretrained_cfg_overlay=dict(file=str(out / "model_final.pth"), num_classes=2))
     assert torch.equal(model.classifier.weight, state["model"]["classifier.weight"])
     assert torch.equal(model.cells[13]._ops[1].op[1].weight, state["model"]["cells.13._ops.1.op.1.weight"])
+
+
+def test_training_learns_a_separable_task(stripes, tmp_path):
+    """The reference recipe (SGD, label smoothing, auxiliary head, RandomResizedCrop + flip + colour jitter) on
+    stripes: top-1 goes from chance (the untrained network: 50 %) to 14 of the 16 validation images or more
+    (measured: 93.75-100 % for seeds 0-3, 64 steps)."""
+    out = tmp_path / "run"
+    assert main(["--data", str(stripes), "--model", "darts_imagenet", "--genotype", LIGHT_GENOTYPE, "--C", "8",
+                 "--epochs", "8", "--warmup-epochs", "0", "--batch-size", "8", "--lr", "0.03", "--input-size", "64",
+                 "--workers", "0", "--device", "cpu", "--log-every", "1", "--no-progress", "--output", str(out)]) == 0
+    torch.manual_seed(0)  # the trainer's seed: its initial weights
+    untrained = timm.create_model("darts_imagenet", genotype=LIGHT_GENOTYPE, C=8, num_classes=2, auxiliary=True)
+    top1_before, loss_before = _top1_and_loss_by_hand(untrained, stripes / "val")
+    top1, loss = _top1_and_loss_by_hand(_final_model(out, genotype=LIGHT_GENOTYPE), stripes / "val")
+    evals = _rows(out / "eval_log.csv")
+    assert read_result(out / "result.json")["metrics"]["top1"] == float(evals[-1]["top1"]) == top1
+    assert top1_before <= 62.5 and top1 >= 87.5 and top1 - top1_before >= 25
+    assert loss < loss_before / 2 and float(evals[0]["top1"]) <= 62.5  # ln 2 = 0.69 before
+    losses = [float(r["loss"]) for r in _rows(out / "train_log.csv")]
+    assert sum(losses[-8:]) < 0.6 * sum(losses[:8])  # the last epoch's training loss against the first's (floor ~0.2)
 
 
 def test_clear_errors(tiny_imagefolder, tmp_path, capsys):
@@ -202,20 +310,55 @@ def test_clear_errors(tiny_imagefolder, tmp_path, capsys):
     assert not any((tmp_path / d).exists() for d in "acefg")
 
 
-def test_bf16_channels_last(tiny_imagefolder, tmp_path):
-    """The GPU options on CPU: bf16 autocast and channels_last train with finite losses; the model is NHWC."""
-    out = tmp_path / "run"
-    assert main(["--data", str(tiny_imagefolder), "--model", "genas_c100", "--C", "8", "--epochs", "2",
-                 "--warmup-epochs", "1", "--batch-size", "4", "--input-size", "64", "--workers", "0",
-                 "--device", "cpu", "--log-every", "1", "--no-progress", "--output", str(out), "--max-steps", "2",
-                 "--amp", "bf16", "--channels-last"]) == 0
-    rows = _rows(out / "train_log.csv")
+def test_bf16_channels_last_loss_within_tolerance_of_fp32(tiny_imagefolder, tmp_path):
+    """The GPU options on CPU: bf16 autocast + channels_last train with finite losses and an NHWC model, and the
+    losses of the first two steps (the same images) are within the README's tolerance of fp32's: 0.1 here
+    (measured 0.05). At initialization genas_c100 amplifies bf16 rounding through its 14 cells (README, amp)."""
+    runs = {}
+    for name, extra in (("bf16", ["--amp", "bf16", "--channels-last"]), ("fp32", [])):
+        runs[name] = out = tmp_path / name
+        assert main(["--data", str(tiny_imagefolder), "--model", "genas_c100", "--C", "8", "--epochs", "2",
+                     "--warmup-epochs", "1", "--batch-size", "4", "--input-size", "64", "--workers", "0",
+                     "--device", "cpu", "--log-every", "1", "--no-progress", "--output", str(out), "--max-steps", "2",
+                     *extra]) == 0
+    rows = _rows(runs["bf16"] / "train_log.csv")
     assert [int(r["step"]) for r in rows] == [1, 2] and all(math.isfinite(float(r["loss"])) for r in rows)
-    state = load_checkpoint(out / "last.pth")
+    state = load_checkpoint(runs["bf16"] / "last.pth")
     assert state["config"]["amp"] == "bf16" and state["config"]["channels_last"] is True
     stem = state["model"]["stem0.0.weight"]
     assert stem.dtype == torch.float32  # autocast: the weights stay fp32
     assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()
+    fp32 = _rows(runs["fp32"] / "train_log.csv")
+    for key in ("loss", "loss_aux"):
+        gaps = [abs(float(a[key]) - float(b[key])) for a, b in zip(rows, fp32)]
+        assert len(gaps) == 2 and max(gaps) <= 0.1 and gaps[0] > 0, (key, gaps)  # > 0: bf16 did compute
+
+
+def test_seeded_augmentation_is_a_function_of_the_key():
+    """Each image's crop / flip / jitter comes from generators seeded by its key (the trainer derives it from
+    seed, epoch and image index), whichever process loads it; the process's own generators are left as they were."""
+    from timm.data import create_transform
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    transform = create_transform(64, is_training=True, color_jitter=(0.4, 0.4, 0.4, 0.2))  # the trainer's
+
+    class Folder:  # three copies of one image, transformed when fetched (as an ImageFolder)
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, index: int):
+            return transform(image), 1
+
+    data = train_imagenet.SeededAugmentation(Folder())
+    torch.manual_seed(5)
+    states = torch.get_rng_state(), random.getstate()
+    first = data[(0, 7)][0]
+    assert torch.equal(torch.get_rng_state(), states[0]) and random.getstate() == states[1]
+    assert torch.equal(first, data[(2, 7)][0])  # same seed, same augmentation
+    others = [data[(0, seed)][0] for seed in (8, 9, 10)]
+    assert all(not torch.equal(first, other) for other in others)
+    assert train_imagenet._epoch_keys(6, 0, 0, train_imagenet.DistInfo(0, 0, 1, torch.device("cpu"))) != \
+        train_imagenet._epoch_keys(6, 1, 0, train_imagenet.DistInfo(0, 0, 1, torch.device("cpu")))
 
 
 def test_ddp_two_gloo_processes(tiny_imagefolder, tmp_path):
