@@ -97,9 +97,12 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, tcfg: Mapping[str, Any],
 #: SGD implementation per device type: ``for-loop`` (torch's single-tensor loop) or ``foreach`` (multi-tensor
 #: kernels, fewer launches; also zeroes the gradients of ``train.zero_grad=zeros`` in one call). Both are the same
 #: update (``tests/test_fast_paths.py`` checks losses and weights of several steps against a plain step written
-#: in the test). The value is the one measured faster on that device type (README, performance section; on the
-#: 2-core CPU at NB201 C=16 N=5, batch 64); on CUDA ``foreach`` is torch's own default for these parameters, kept
-#: (``benchmarks/gpu_check.py`` times it against torch's default step). Device types not listed: torch's default.
+#: in the test). The value is the one measured faster on that device type: on the 2-core CPU (1 thread, process
+#: CPU time, ``benchmarks/bench_fast_paths.py --only sgd``) the optimizer step on one sampled path's gradients is
+#: 1.32x (NB201 C=16 N=5) and 1.45x (DARTS C=16, 8 layers) faster with ``foreach`` (the whole batch-64 step:
+#: 0.96x and 1.09x, within the noise of a step 1000x longer); on CUDA ``foreach`` is torch's own default for these
+#: parameters, kept (``benchmarks/gpu_check.py`` times the trainer's step against torch's default step). Device
+#: types not listed: torch's default.
 #: torch's ``fused`` SGD is not offered: it needs every momentum buffer to exist from the first step together,
 #: and in SPOS a weight first gets a gradient (and its buffer) when a path first uses it ("expected Tensor as
 #: element k ... got NoneType" on the second path).

@@ -305,5 +305,5 @@ def test_speed_option_defaults_are_the_measured_ones():
     (README performance section); CUDA keeps torch's pooling and torch's foreach SGD until a GPU run of
     benchmarks/gpu_check.py measures otherwise."""
     assert DEFAULTS["train"]["amp"] is None and DEFAULTS["train"]["channels_last"] is False
-    assert pooling.AUTO == {"cpu": "native", "cuda": "native"}
+    assert pooling.AUTO == {"cpu": "conv", "cuda": "native"}
     assert SGD_IMPL == {"cpu": "foreach", "cuda": "foreach"} and set(SGD_IMPLS) == {"for-loop", "foreach"}
