@@ -312,14 +312,15 @@ def test_clear_errors(tiny_imagefolder, tmp_path, capsys):
 
 def test_bf16_channels_last_loss_within_tolerance_of_fp32(tiny_imagefolder, tmp_path):
     """The GPU options on CPU: bf16 autocast + channels_last train with finite losses and an NHWC model, and the
-    losses of the first two steps (the same images) are within the README's tolerance of fp32's: 0.1 here
-    (measured 0.05). At initialization genas_c100 amplifies bf16 rounding through its 14 cells (README, amp)."""
+    first step's losses (the same weights and images) are within the README's tolerance of fp32's (channels_last
+    too): 0.1 (measured 0.049 and 0.024 for the auxiliary head). Later steps are not compared: at initialization
+    genas_c100 turns any rounding difference into a different trajectory (channels_last alone: 0.14 at step 2)."""
     runs = {}
-    for name, extra in (("bf16", ["--amp", "bf16", "--channels-last"]), ("fp32", [])):
+    for name, extra in (("bf16", ["--amp", "bf16", "--max-steps", "2"]), ("fp32", ["--max-steps", "1"])):
         runs[name] = out = tmp_path / name
         assert main(["--data", str(tiny_imagefolder), "--model", "genas_c100", "--C", "8", "--epochs", "2",
                      "--warmup-epochs", "1", "--batch-size", "4", "--input-size", "64", "--workers", "0",
-                     "--device", "cpu", "--log-every", "1", "--no-progress", "--output", str(out), "--max-steps", "2",
+                     "--device", "cpu", "--log-every", "1", "--no-progress", "--output", str(out), "--channels-last",
                      *extra]) == 0
     rows = _rows(runs["bf16"] / "train_log.csv")
     assert [int(r["step"]) for r in rows] == [1, 2] and all(math.isfinite(float(r["loss"])) for r in rows)
@@ -328,10 +329,9 @@ def test_bf16_channels_last_loss_within_tolerance_of_fp32(tiny_imagefolder, tmp_
     stem = state["model"]["stem0.0.weight"]
     assert stem.dtype == torch.float32  # autocast: the weights stay fp32
     assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()
-    fp32 = _rows(runs["fp32"] / "train_log.csv")
-    for key in ("loss", "loss_aux"):
-        gaps = [abs(float(a[key]) - float(b[key])) for a, b in zip(rows, fp32)]
-        assert len(gaps) == 2 and max(gaps) <= 0.1 and gaps[0] > 0, (key, gaps)  # > 0: bf16 did compute
+    fp32 = _rows(runs["fp32"] / "train_log.csv")[0]
+    gaps = [abs(float(rows[0][key]) - float(fp32[key])) for key in ("loss", "loss_aux")]
+    assert 0 < min(gaps) and max(gaps) <= 0.1, gaps  # > 0: bf16 did compute
 
 
 def test_seeded_augmentation_is_a_function_of_the_key():
