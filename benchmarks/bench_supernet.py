@@ -1,7 +1,7 @@
 """Overhead of a SPOS supernet training step over the same architecture built as a standalone network.
 
 For a few sampled architectures, one training step (forward, backward, gradient clipping, SGD with momentum and
-weight decay: :func:`genas.train_supernet.train_step`, the trainer's own step) is timed on the same batch for
+weight decay: :func:`genas.train_supernet.train_step` with the trainer's own optimizer) is timed on the same batch for
 
 * the supernet running only the architecture's path (``supernet(x, arch)``, optimizer over all its weights),
 * the standalone network of that architecture (NB201: ``nb201.build_network``; DARTS: ``NetworkCIFAR``).
@@ -25,7 +25,10 @@ from genas.core.distributed import resolve_device
 from genas.spaces import build_supernet, get_space
 from genas.spaces.base import Arch
 from genas.core.distributed import AMP_DTYPES
-from genas.train_supernet import train_step
+from genas.core.config import DEFAULTS
+from genas.train_supernet import build_optimizer, train_step
+
+TRAIN_CFG = {**DEFAULTS["train"], "lr": 0.025, "momentum": 0.9, "weight_decay": 5e-4}
 
 
 def standalone_network(space: str, arch: Arch, args: argparse.Namespace) -> nn.Module:
@@ -59,11 +62,9 @@ def time_archs(space: str, args: argparse.Namespace, device: torch.device) -> li
         arch = get_space(space).sample(rng)
         net = standalone_network(space, arch, args).to(device, memory_format=memory_format).train()
         path_params = sum(p.numel() for p in supernet.path_parameters(arch))
-        candidates = {
-            "supernet": (supernet, (arch,), torch.optim.SGD(supernet.parameters(), lr=0.025, momentum=0.9,
-                                                             weight_decay=5e-4)),
-            "standalone": (net, (), torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9,
-                                                     weight_decay=5e-4)),
+        candidates = {  # the trainer's optimizer (genas.train_supernet.build_optimizer) for both
+            "supernet": (supernet, (arch,), build_optimizer(supernet, TRAIN_CFG, device)),
+            "standalone": (net, (), build_optimizer(net, TRAIN_CFG, device)),
         }
         times: dict[str, list[float]] = {name: [] for name in candidates}
         for run in range(args.warmup + args.runs):
