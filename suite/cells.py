@@ -213,6 +213,19 @@ def run_cell(cell: Cell | Mapping[str, Any], out: str | os.PathLike, device: str
     return {"key": cell.key, "state": "done", "seconds": time.perf_counter() - start, "error": ""}
 
 
+def _params_m(name: str) -> float | None:
+    """Parameters (millions) of the classifier a robustness cell evaluated (a timm or ``local-dir:`` name)."""
+    import timm
+
+    import backbones  # noqa: F401  (registers the GeNAS / DARTS models)
+    from genas.cost import count_params
+
+    try:
+        return round(count_params(timm.create_model(name, num_classes=1000)) / 1e6, 4)
+    except Exception:  # noqa: BLE001  (a size is a courtesy to the report, never a reason to fail the cell)
+        return None
+
+
 class _CellFailed(Exception):
     def __init__(self, step: str, returncode: int | None):
         super().__init__(step)
@@ -226,6 +239,8 @@ def _file_result(cell: Cell, produced: Path, target: Path, seconds: float, steps
     result["meta"]["suite"] = {"hash": cell.hash, "evaluation": cell.evaluation, "model": cell.model["name"],
                                "cli_model": result["model"], "seconds": round(seconds, 1),
                                "commands": [" ".join(s.argv) for s in steps], "settings": cell.settings()}
+    if result["kind"] == "robustness" and "params_m" not in result["meta"] and cell.model["name"] != result["model"]:
+        result["meta"]["params_m"] = _params_m(result["model"])  # the report cannot size a manifest-only name
     result["model"] = cell.model["name"]
     atomic_write_json(target, validate_result(result, source=str(produced)))
     produced.unlink()
