@@ -144,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     clock = CLOCKS[args.clock]
     only = set(args.only.split(","))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"median {args.clock} time of {args.repeats}, alternating")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}, median {args.clock} time of {args.repeats}, alternating")
     results = []
     if "pooling" in only:
         results.append(scoring(args, clock))

@@ -12,8 +12,8 @@ Parts (``--parts``, default all; each row: its figure, the peak GPU memory of it
 ``check``
     no model, scoring or training module places a tensor on a fixed device; the AMP / channels_last keys exist.
 ``scoring``
-    flatness scoring at the paper's sizes, s/candidate (mean of 3 sampled candidates after 1 warm-up, random CIFAR-shaped
-    data, an untrained supernet: the time does not depend on the weights), each with the time of the forward
+    flatness scoring at the paper's sizes, s/candidate (mean of 3 sampled candidates after 1 warm-up, random
+    CIFAR-shaped data, an untrained supernet: the time does not depend on the weights), each with the time of the forward
     passes the candidate must run (one BN-recalibration pass + t validation passes of the same path, timed in the
     same run on the same batches) and their quotient, the necessary-work ratio (goal <= 1.15 on a GPU):
 
@@ -51,7 +51,6 @@ CPU runs all parts in well under a minute.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import math
 import re
@@ -279,58 +278,60 @@ class PaperScoring:
 
 
 def scoring_rows(sizes: Sizes, device: torch.device, state: dict[str, Any]) -> list[Row]:
-    from genas.spaces import pooling
-
     rows: list[Row] = []
     for space_name in ("nb201", "darts"):
         built: list[PaperScoring] = []
+        rows += attempt(f"scoring {space_name}", "build the scorer (paper sizes)",
+                        lambda space_name=space_name: built.append(PaperScoring(space_name, sizes, device)) or [])
+        if built:
+            rows += space_scoring_rows(built[0], sizes, device, state)
+            built[0].supernet.to("cpu")
+    return rows
 
-        def build(space_name: str = space_name) -> list[Row]:
-            built.append(PaperScoring(space_name, sizes, device))
-            return []
 
-        rows += attempt(f"scoring {space_name}", "build the scorer (paper sizes)", build)
-        if not built:
-            continue
-        paper = built[0]
-        if space_name == "nb201":
-            state["nb201"] = paper
-        seconds: dict[str, float] = {}
-        for impl in POOLINGS:
-            def measure(impl: str = impl) -> list[Row]:
-                start_measurement(device)
-                with pooling.pool_impl(impl, device.type):
-                    s = paper.candidate_seconds()
-                    peak = peak_mib(device)
-                    fwd = paper.forward_seconds()
-                seconds[impl] = s
-                goal = GOALS[f"{space_name}_s_per_candidate"]
-                out = [Row(paper.part, f"flatness fp32, pooling {impl}", s, "s/candidate", peak,
-                           f"{paper.workload}; goal <= {goal} s on a GPU"),
-                       Row(paper.part, f"forward passes it must run, pooling {impl}", fwd, "s/candidate", None,
-                           f"1 recalibration pass + {len(paper.sigmas)} validation passes of the same path"),
-                       Row(paper.part, f"necessary-work ratio, pooling {impl}", s / fwd, "x", None,
-                           f"s/candidate / forward passes = {s:.4g} / {fwd:.4g}; goal <= "
-                           f"{GOALS['necessary_work_ratio']} on a GPU")]
-                if space_name == "nb201":
-                    out.append(Row(paper.part, f"all {NB201_ARCHS:,} cells, pooling {impl}", NB201_ARCHS * s / 3600,
-                                   "h", None, f"{NB201_ARCHS:,} x {s:.4g} s on 1 device; "
-                                              f"{NB201_ARCHS * s / 8 / 60:.1f} min on 8 (torchrun sharding)"))
-                return out
+def space_scoring_rows(paper: PaperScoring, sizes: Sizes, device: torch.device, state: dict[str, Any]) -> list[Row]:
+    """Both poolings (each: s/candidate, the forward passes, their ratio; NB201: the 15,625-cell time), which
+    pooling is faster here, and for NB201 bf16."""
+    from genas.spaces import pooling
 
-            rows += attempt(paper.part, f"flatness fp32, pooling {impl}", measure)
-        if len(seconds) == 2:
-            faster = min(seconds, key=seconds.get)
-            auto = pooling.get_pool_impl(device.type)
-            rows.append(Row(paper.part, "pooling: native / conv time", seconds["native"] / seconds["conv"], "x", None,
-                            f"faster here: {faster}; 'auto' on {device.type} is now {auto}"
-                            + ("" if faster == auto else f" -> set genas.spaces.pooling.AUTO['{device.type}'] = "
-                                                         f"'{faster}'")))
-            state[f"{space_name}_pooling"] = faster
-        if space_name == "nb201":
-            rows += attempt(paper.part, "flatness bf16 autocast", lambda: bf16_row(sizes, device, state))
-        paper.supernet.to("cpu")
-        del paper, built
+    space_name = paper.space_name
+    if space_name == "nb201":
+        state["nb201"] = paper
+    rows: list[Row] = []
+    seconds: dict[str, float] = {}
+    for impl in POOLINGS:
+        def measure(impl: str = impl) -> list[Row]:
+            start_measurement(device)
+            with pooling.pool_impl(impl, device.type):
+                s = paper.candidate_seconds()
+                peak = peak_mib(device)
+                fwd = paper.forward_seconds()
+            seconds[impl] = s
+            goal = GOALS[f"{space_name}_s_per_candidate"]
+            out = [Row(paper.part, f"flatness fp32, pooling {impl}", s, "s/candidate", peak,
+                       f"{paper.workload}; goal <= {goal} s on a GPU"),
+                   Row(paper.part, f"forward passes it must run, pooling {impl}", fwd, "s/candidate", None,
+                       f"1 recalibration pass + {len(paper.sigmas)} validation passes of the same path"),
+                   Row(paper.part, f"necessary-work ratio, pooling {impl}", s / fwd, "x", None,
+                       f"s/candidate / forward passes = {s:.4g} / {fwd:.4g}; goal <= "
+                       f"{GOALS['necessary_work_ratio']} on a GPU")]
+            if space_name == "nb201":
+                out.append(Row(paper.part, f"all {NB201_ARCHS:,} cells, pooling {impl}", NB201_ARCHS * s / 3600,
+                               "h", None, f"{NB201_ARCHS:,} x {s:.4g} s on 1 device; "
+                                          f"{NB201_ARCHS * s / 8 / 60:.1f} min on 8 (torchrun sharding)"))
+            return out
+
+        rows += attempt(paper.part, f"flatness fp32, pooling {impl}", measure)
+    if len(seconds) == 2:
+        faster = min(seconds, key=seconds.get)
+        auto = pooling.get_pool_impl(device.type)
+        rows.append(Row(paper.part, "pooling: native / conv time", seconds["native"] / seconds["conv"], "x", None,
+                        f"faster here: {faster}; 'auto' on {device.type} is now {auto}"
+                        + ("" if faster == auto else f" -> set genas.spaces.pooling.AUTO['{device.type}'] = "
+                                                     f"'{faster}'")))
+        state[f"{space_name}_pooling"] = faster
+    if space_name == "nb201":
+        rows += attempt(paper.part, "flatness bf16 autocast", lambda: bf16_row(sizes, device, state))
     return rows
 
 
@@ -374,7 +375,9 @@ def profile_rows(sizes: Sizes, device: torch.device, state: dict[str, Any]) -> l
     on_device = device.type == "cuda"
 
     def self_us(e: Any) -> float:
-        return float(e.self_device_time_total if on_device else e.self_cpu_time_total)
+        if on_device:
+            return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0))
+        return float(e.self_cpu_time_total)
 
     ops = [e for e in events if e.key.startswith("aten::") and self_us(e) > 0]
     total = sum(self_us(e) for e in ops) or 1.0
@@ -543,18 +546,17 @@ def detection_rows(sizes: Sizes, device: torch.device) -> list[Row]:
         note = f"{cfg.MODEL.GENAS.NAME}, batch {shape} px, fp32, norm {cfg.MODEL.GENAS.NORM}, random init"
         if peak is not None:
             note += f"; fits 16 GB: {'yes' if peak <= GOALS['retinanet_peak_mib'] else 'no'}"
-        del model, optimizer
         return Row(part, f"1 training iteration{', grad checkpointing' if checkpointing else ''}", s, "s/iter",
                    peak, note)
 
-    rows = attempt(part, "1 training iteration", lambda: measure(False))
-    probe = config(False)
-    if "GRAD_CHECKPOINT" not in probe.MODEL.GENAS:
-        rows.append(Row(part, "1 training iteration, grad checkpointing", status="not available",
-                        note="not available: the detection config has no MODEL.GENAS.GRAD_CHECKPOINT"))
-    else:
-        rows += attempt(part, "1 training iteration, grad checkpointing", lambda: measure(True))
-    return rows
+    def checkpointed() -> Row:
+        if "GRAD_CHECKPOINT" not in config(False).MODEL.GENAS:
+            return Row(part, "1 training iteration, grad checkpointing", status="not available",
+                       note="not available: the detection config has no MODEL.GENAS.GRAD_CHECKPOINT")
+        return measure(True)
+
+    return (attempt(part, "1 training iteration", lambda: measure(False))
+            + attempt(part, "1 training iteration, grad checkpointing", checkpointed))
 
 
 def segmentation_rows(sizes: Sizes, device: torch.device) -> list[Row]:

@@ -55,7 +55,8 @@ from genas.core.distributed import (AMP_DTYPES, DistInfo, all_reduce_sum, barrie
 from genas.core.io import CsvLog, atomic_torch_save, atomic_write_text, load_checkpoint
 from genas.spaces import Supernet, build_supernet, get_space
 
-__all__ = ["RunExistsError", "SGD_IMPL", "build_optimizer", "train_step", "train_supernet", "load_supernet", "check_train_config", "main"]
+__all__ = ["RunExistsError", "SGD_IMPL", "build_optimizer", "train_step", "train_supernet", "load_supernet",
+           "check_train_config", "main"]
 
 # Settings that may differ between a run and its resumption (they do not change the trained weights).
 RESUMABLE_CHANGES = {"train.device", "train.workers", "train.checkpoint_every_steps", "train.log_every_steps",

@@ -20,7 +20,7 @@ from torch.utils.data import TensorDataset
 from genas.core.config import DEFAULTS
 from genas.spaces import build_supernet, get_space, pooling
 from genas.spaces.darts.genotype import PRIMITIVES
-from genas.spaces.pooling import AvgPool2d, avg_pool2d_conv, get_pool_impl, pool_impl, set_pool_impl
+from genas.spaces.pooling import AvgPool2d, get_pool_impl, pool_impl, set_pool_impl
 from genas.train_supernet import SGD_IMPL, SGD_IMPLS, build_optimizer, train_step
 
 NB201_POOL = 4  # gene of avg_pool_3x3 in OP_NAMES
