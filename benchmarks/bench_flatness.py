@@ -110,7 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--recalib-images", type=int, default=850, help="reference: max_train_img_size=850")
     parser.add_argument("--batch-size-recalib", type=int, default=64)
     parser.add_argument("--eval-batch-size", type=int, default=256, help="ours; the reference uses 64")
-    parser.add_argument("--batched-sigmas", action="store_true", help="evaluate the sigmas together (vmap)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                         default=DEFAULTS["score"]["channels_last"],
                         help="score in channels_last (ours only; default: the scorer's default)")
@@ -134,10 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     recalib_batches = math.ceil(args.recalib_images / args.batch_size_recalib)
     score_cfg = {"metric": "flatness", "sigmas": args.sigmas, "recalib_batches": recalib_batches,
                  "batch_size_recalib": args.batch_size_recalib, "eval_batches": None,
-                 "eval_batch_size": args.eval_batch_size, "seed": args.seed, "batched_sigmas": args.batched_sigmas,
+                 "eval_batch_size": args.eval_batch_size, "seed": args.seed,
                  "channels_last": args.channels_last}
     scorer = ArchScorer(supernet, score_cfg, data.train, data.val, device)
-    exact = ArchScorer(supernet, {**score_cfg, "noise": "cumulative", "batched_sigmas": False},
+    exact = ArchScorer(supernet, {**score_cfg, "noise": "cumulative"},
                        data.train, data.val, device)
     # the naive run reads the same images as ours, through a DataLoader at batch 64, on every pass
     train_idx = np.random.default_rng(args.seed).permutation(len(data.train))[:recalib_batches * args.batch_size_recalib]

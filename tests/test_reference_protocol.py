@@ -359,8 +359,8 @@ def test_reference_presets_load_and_validate():
         SearchSettings.from_config(cfg["search"])
         get_space(cfg["space"], **space_options(cfg["search"]))
         check_train_config(cfg)
-        assert (score["bn_recal"], score["noise"], score["fresh_draws"], score["loss_mean"]) == \
-            ("reference", "cumulative", True, "batches")
+        assert (score["bn_recal"], score["noise"], score["fresh_draws"], score["loss_mean"], score["noise_stream"]) == \
+            ("reference", "cumulative", True, "batches", "reference")
         assert (score["recalib_batches"], score["eval_batches"], score["batch_size_recalib"]) == (14, 391, 64)
         assert cfg["train"]["zero_grad"] == "zeros" and cfg["data"]["split_file"] is not None
         if cfg["space"] == "darts":
