@@ -2,6 +2,7 @@
 of ``genas.spaces.pooling.AUTO`` and ``genas.train_supernet.SGD_IMPL`` (both implementations compute the same
 function; ``tests/test_fast_paths.py``).
 
+* ``op``: the pooling op alone (forward, forward + backward) at NB201's shapes;
 * ``pooling``: average pooling ``native`` (torch's kernel) vs ``conv`` (depthwise convolution), in
   - NB201 flatness scoring (the scorer with its defaults: channels_last, one candidate = BN recalibration on
     ``--recal`` images + 3 sigmas x ``--val`` images, eval batch 256), and
@@ -47,6 +48,38 @@ def alternate(a: Callable[[], object], b: Callable[[], object], repeats: int, cl
             fn()
             out.append(clock() - start)
     return statistics.median(times[0]), statistics.median(times[1])
+
+
+def pooling_op(args: argparse.Namespace, clock) -> list[dict]:
+    """The pooling op alone at NB201's shapes: 3x3 (count_include_pad=False) forward and forward + backward,
+    2x2 stride-2 forward; NCHW and NHWC; batch 64 and 256."""
+    import torch.nn.functional as F
+
+    from genas.spaces.pooling import avg_pool2d_conv
+
+    out = []
+    reps = 10
+    for batch in (64, 256):
+        for channels, size in ((16, 32), (32, 16), (64, 8)):
+            for layout in ("NCHW", "NHWC"):
+                x = torch.randn(batch, channels, size, size)
+                if layout == "NHWC":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                xg, g = x.clone().requires_grad_(), torch.randn(batch, channels, size, size)
+                with torch.no_grad():
+                    fwd = alternate(lambda: [F.avg_pool2d(x, 3, 1, 1, count_include_pad=False) for _ in range(reps)],
+                                    lambda: [avg_pool2d_conv(x, 3, 1, 1, False) for _ in range(reps)],
+                                    args.repeats * 3, clock)
+                    fwd2 = alternate(lambda: [F.avg_pool2d(x, 2, 2, 0) for _ in range(reps)],
+                                     lambda: [avg_pool2d_conv(x, 2, 2, 0, True) for _ in range(reps)],
+                                     args.repeats * 3, clock)
+                both = alternate(lambda: F.avg_pool2d(xg, 3, 1, 1, count_include_pad=False).backward(g),
+                                 lambda: avg_pool2d_conv(xg, 3, 1, 1, False).backward(g), args.repeats * 3, clock)
+                out.append({"what": f"pooling op, batch {batch}, {channels}x{size}x{size} {layout}",
+                            "3x3_forward_native_over_conv": fwd[0] / fwd[1],
+                            "3x3_forward_backward_native_over_conv": both[0] / both[1],
+                            "2x2_forward_native_over_conv": fwd2[0] / fwd2[1]})
+    return out
 
 
 def scoring(args: argparse.Namespace, clock) -> dict:
@@ -137,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--archs", type=int, default=4)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--opt-steps", type=int, default=50)
-    p.add_argument("--only", default="pooling,sgd", help="pooling, sgd or both (comma list)")
+    p.add_argument("--only", default="op,pooling,sgd",
+                   help="comma list of: op (the pooling op alone), pooling (scoring and training), sgd")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -147,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}, median {args.clock} time of {args.repeats}, alternating")
     results = []
+    if "op" in only:
+        for row in pooling_op(args, clock):
+            results.append(row)
+            print(row)
     if "pooling" in only:
         results.append(scoring(args, clock))
         print(results[-1])

@@ -19,10 +19,10 @@ not record it): :func:`set_pool_impl` (``"auto"``, ``"native"``, ``"conv"``; for
 import (``conv``, or ``cuda=conv,cpu=native``). ``auto`` resolves through :data:`AUTO`, which holds for each
 device type the implementation measured faster there:
 
-* ``cpu``: ``conv``. Measured on the 2-core x86 CPU (1 thread, process CPU time, ``benchmarks/bench_fast_paths.py``
-  and the pooling op alone): the 3x3 pooling forward 3.4-4.4x faster in NCHW and 0.9-2.1x in NHWC, forward +
-  backward 2.7-4.2x, at NB201's shapes (batch 64 and 256); end to end the NB201 C=16 N=5 training step (batch 64)
-  1.32x, the DARTS C=16 8-layer step 1.04x, NB201 flatness scoring (channels_last) 1.05x.
+* ``cpu``: ``conv``. Measured on the 2-core x86 CPU (1 thread, process CPU time, ``benchmarks/bench_fast_paths.py``):
+  at NB201's shapes (batch 64 and 256) the 3x3 pooling forward is 3.7-5.2x faster in NCHW and 1.0-1.9x in NHWC,
+  forward + backward 2.7-4.5x (the 2x2 pooling: 1.5-2.1x NCHW, 0.4-1.2x NHWC); end to end the NB201 C=16 N=5
+  training step (batch 64) 1.32x, the DARTS C=16 8-layer step 1.04x, NB201 flatness scoring (channels_last) 1.05x.
 * ``cuda``: ``native`` until a GPU run of ``benchmarks/gpu_check.py`` measures ``conv`` faster: its NB201 scoring
   rows time both implementations in the same run and say which one ``auto`` should be. A speed option is a
   default only where it was measured faster, and the conv path has not been timed on a GPU yet (PyTorch may
