@@ -18,7 +18,7 @@ from conftest import REPO, shared_path
 from genas.core.results import read_result, write_result
 from suite.cells import Cell, cell_state
 from suite.cli import main, status_rows
-from suite.evaluations import model_files
+from suite.evaluations import EVALUATIONS, model_files
 from suite.launchers import format_plan, plan_slurm, read_jobs
 from suite.manifest import load_manifest
 
@@ -188,6 +188,25 @@ def test_slurm_plan_groups_by_resources_chunks_and_drops_done_cells(tmp_path, ca
     assert plan["arrays"][2]["cpus_per_task"] == 4 and plan["arrays"][2]["timeout_min"] == 600
     assert format_plan(plan, "gpu").count("    resnet") == 8
     assert not (Path(manifest.out) / ".suite").exists()  # a dry run stores nothing
+
+
+def test_shipped_manifests_load_and_table4_plans_the_papers_matrix(tmp_path, capsys):
+    table4 = REPO / "configs" / "suite" / "table4.yaml"
+    assert main(["run", str(table4), "--launcher", "slurm", "--partition", "gpu", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "SLURM plan for table4: 16 cell(s) to run in 3 job array(s) (partition gpu; max array size 1000)" in printed
+    assert "8 task(s), 8 at a time; per task 1 GPU(s), 1 process(es), 8 CPUs, 32 GB, 60 min" in printed
+    assert "4 task(s), 4 at a time; per task 8 GPU(s), 1 process(es), 64 CPUs, 256 GB, 1440 min" in printed
+    assert "4 task(s), 4 at a time; per task 4 GPU(s), 4 process(es), 32 CPUs, 128 GB, 1440 min" in printed
+    manifest = load_manifest(table4)
+    assert [m["name"] for m in manifest.models] == ["genas_c100", "genas_af_c100", "dropnas", "sdarts_adv"]
+    assert list(manifest.evaluations) == ["imagenet-v2", "imagenet-a", "coco-retinanet", "cityscapes-deeplabv3"]
+    robustness = load_manifest(REPO / "configs" / "suite" / "robustness.yaml")
+    assert sorted(robustness.evaluations) == sorted(e for e in EVALUATIONS if e.startswith("imagenet"))
+    smoke = load_manifest(REPO / "configs" / "suite" / "smoke.yaml")
+    assert sorted(smoke.evaluations) == sorted(set(EVALUATIONS) - {"imagenet-c"}) and len(smoke.cells()) == 18
+    assert smoke.data_root == str((REPO.parent / "shared" / "data").resolve())  # relative to the repository
+    assert not list(tmp_path.iterdir())
 
 
 # --------------------------------------------------------------------------------------------------
