@@ -180,12 +180,22 @@ def recalibrated_bn(model: nn.Module, forward: Forward, batches: Sequence[Batch]
     if mode not in BN_RECAL_MODES:
         raise ValueError(f"score.bn_recal must be one of {BN_RECAL_MODES}, got {mode!r}")
     bns = _running_stat_bns(model)
-    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-             for m in bns]
+    means = [m.running_mean for m in bns]
+    variances = [m.running_var for m in bns]
+    counts = [m.num_batches_tracked for m in bns]
+    momenta = [m.momentum for m in bns]
+    # multi-tensor copies: a few kernels for the ~200 BNs of a supernet instead of ~2,000 (launch-bound on a GPU)
+    saved = [[t.clone() for t in group] for group in (means, variances, counts)] if bns else []
     was_training = model.training
     try:
+        with torch.no_grad():
+            if bns:
+                torch._foreach_zero_(means)
+                torch._foreach_zero_(variances)
+                torch._foreach_add_(variances, 1.0)
+                for c in counts:
+                    c.zero_()
         for m in bns:
-            m.reset_running_stats()
             if mode == "exact":
                 m.momentum = None  # cumulative moving average: exact statistics of the recalibration batches
         model.train()
@@ -193,17 +203,18 @@ def recalibrated_bn(model: nn.Module, forward: Forward, batches: Sequence[Batch]
             for x, _ in batches:
                 with autocast_context(x.device, amp_dtype):
                     forward(x)
-        for m, (momentum, *_) in zip(bns, saved):
+        for m, momentum in zip(bns, momenta):
             m.momentum = momentum
         model.eval()
         yield
     finally:
         with torch.no_grad():
-            for m, (momentum, mean, var, count) in zip(bns, saved):
+            for m, momentum in zip(bns, momenta):
                 m.momentum = momentum
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-                m.num_batches_tracked.copy_(count)
+            if bns:
+                torch._foreach_copy_(means, saved[0])
+                torch._foreach_copy_(variances, saved[1])
+                torch._foreach_copy_(counts, saved[2])
         model.train(was_training)
 
 
