@@ -251,19 +251,11 @@ def reference_get_cand_wlm(model, args, train_loader, val_loader, stds, max_trai
 
 @torch.no_grad()
 def reference_get_cand_acc(model, args, train_loader, val_loader, max_train_img_size, max_val_img_size):
-    """Top-1 fraction as get_cand_acc computes it (both loaders iterated first, as the reference does)."""
-    max_test_iters = math.ceil(max_val_img_size / val_loader.batch_size)
-    train_iter = iter(train_loader)  # get_cand_acc: iter(train) then iter(val), then the BN batches
+    """Top-1 fraction as get_cand_acc computes it. It iterates both loaders before the BN batches; here the
+    validation loader is iterated after them, which takes the same int64 draws from the stream in sequence."""
+    _recalibrate_like_the_reference(model, args, train_loader, max_train_img_size)
     val_iter = iter(val_loader)
-    max_train_iters = math.ceil(max_train_img_size / train_loader.batch_size)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean = torch.zeros_like(m.running_mean)
-            m.running_var = torch.ones_like(m.running_var)
-    model.train()
-    for _ in range(max_train_iters):
-        data, _target = next(train_iter)
-        model(data, *args)
+    max_test_iters = math.ceil(max_val_img_size / val_loader.batch_size)
     model.eval()
     top1, total = 0.0, 0
     for _ in range(max_test_iters):
