@@ -383,7 +383,7 @@ def profile_rows(sizes: Sizes, device: torch.device, state: dict[str, Any]) -> l
     total = sum(self_us(e) for e in ops) or 1.0
     kind = "GPU" if on_device else "CPU"
     rows = [Row("profile nb201 candidate", f"{kind} time of aten ops", total / 1e3, "ms", None,
-                f"one paper-size candidate, pooling {impl}")]
+                f"one candidate of the scoring part's sizes, pooling {impl}")]
     for rank, e in enumerate(sorted(ops, key=self_us, reverse=True)[:5], 1):
         rows.append(Row("profile nb201 candidate", f"top {rank}: {e.key}", self_us(e) / 1e3, "ms", None,
                         f"{100 * self_us(e) / total:.0f}% of the {kind} time, {e.count} calls, "
