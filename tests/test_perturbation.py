@@ -269,3 +269,16 @@ def test_channels_last_scoring_matches_contiguous(supernet, data):
     assert nhwc["accuracy"] == plain["accuracy"]
     assert nhwc["losses"] == pytest.approx(plain["losses"], rel=1e-5)
     assert_unchanged(supernet, before)
+
+
+def test_scoring_a_candidate_syncs_the_host_once_per_sigma(supernet, data):
+    """A GPU stalls at every ``.item()`` / ``float(tensor)``: exact BN recalibration sets the cumulative factor
+    1/(k+1) itself (momentum=None makes torch read num_batches_tracked per BN per batch: 297 syncs per NB201
+    candidate measured on an H200), and each loss is accumulated on the device and read once."""
+    from torch.profiler import ProfilerActivity, profile
+    scorer = scorer_for(supernet, data, metric="flatness", channels_last=False)
+    scorer(ARCH_A)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        result = scorer(ARCH_A)
+    syncs = sum(e.count for e in prof.key_averages() if e.key == "aten::_local_scalar_dense")
+    assert result["finite"] and syncs == len(SMALL["sigmas"])

@@ -195,12 +195,15 @@ def recalibrated_bn(model: nn.Module, forward: Forward, batches: Sequence[Batch]
                 torch._foreach_add_(variances, 1.0)
                 for c in counts:
                     c.zero_()
-        for m in bns:
-            if mode == "exact":
-                m.momentum = None  # cumulative moving average: exact statistics of the recalibration batches
         model.train()
         with torch.no_grad():
-            for x, _ in batches:
+            for k, (x, _) in enumerate(batches):
+                if mode == "exact":
+                    # cumulative moving average, the exact statistics of the recalibration batches: the factor
+                    # 1/(k+1) that momentum=None makes torch compute per BN with a host sync (float(num_batches_
+                    # tracked)), set here once per batch (each BN of a supernet runs once per forward)
+                    for m in bns:
+                        m.momentum = 1.0 / (k + 1)
                 with autocast_context(x.device, amp_dtype):
                     forward(x)
         for m, momentum in zip(bns, momenta):
