@@ -12,6 +12,7 @@ finishes and a summary, and exits 1 when a cell failed (its error and log stay b
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
 from typing import Sequence
@@ -50,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                                                            f"manifest's, else {DEFAULT_PARALLELISM})")
     run.add_argument("--max-array-size", type=int, help="slurm: the cluster's MaxArraySize - 1 (default: the "
                                                         f"manifest's, else {DEFAULT_MAX_ARRAY_SIZE})")
+    run.add_argument("--threads", type=int, help="CPU threads of each cell's processes (OMP_NUM_THREADS); default: "
+                                                 "inherited. 1 is fastest on a machine shared with other jobs")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (the per-cell lines stay)")
     status = sub.add_parser("status", help="list every cell: done, missing, failed (last log line), stale")
     _add_common(status)
@@ -95,6 +98,10 @@ def _status(manifest: Manifest) -> int:
 def _run(manifest: Manifest, args: argparse.Namespace) -> int:
     cells = manifest.cells()
     todo = [c for c in cells if cell_state(c, manifest.out)[0] != "done"]
+    if args.threads is not None:
+        if args.threads < 1:
+            raise LauncherError(f"--threads {args.threads}: give a number of threads >= 1")
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)  # the cells inherit it
     dry_run = args.launcher == "slurm" and not args.submit
     if dry_run:
         for what in manifest.missing_inputs(todo):
