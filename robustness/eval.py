@@ -24,7 +24,10 @@ Sets and metrics (percent, except NLL in nats):
   anomaly score; ECE and NLL on the in-distribution side.
 
 Every set also reports ``ece`` (15 equal-width bins of the top-1 confidence) and ``nll``. Preprocessing is the
-model's own ``pretrained_cfg`` (timm data config), overridable by flags.
+model's own ``pretrained_cfg`` (timm data config), overridable by flags. Under ``torchrun`` each rank reads a
+disjoint shard of the images (every ``world_size``-th, no padding) on its ``LOCAL_RANK`` device, the per-image
+outcomes are gathered, and rank 0 computes the metrics from all of them in image order, so every number equals
+the one-process number; rank 0 alone writes. The result is one ``genas.core.results`` JSON file.
 
 Inference settings (measured for ``genas_c100`` at 224 px, batch 128, on one H200; ``../shared/reference``): the
 default is the fastest measured setting, eager fp32 in NCHW (7,799 images/s; cuDNN autotuning on, as measured).
@@ -32,10 +35,7 @@ default is the fastest measured setting, eager fp32 in NCHW (7,799 images/s; cuD
 ``--compile`` (``torch.compile`` of the model, fp32, inductor) ran 1.27x faster (9,871 images/s) after a one-off
 compilation of about 39 s, so it pays off only from about 1.4 million images at that speed (ImageNet-C in full,
 not one 50,000-image set); the last short batch is padded to the batch size so that one graph serves every batch.
-Its logits equal eager ones to float rounding (``tests/test_robustness.py``: rtol 1e-4, atol 1e-5). Under ``torchrun`` each rank reads a
-disjoint shard of the images (every ``world_size``-th, no padding) on its ``LOCAL_RANK`` device, the per-image
-outcomes are gathered, and rank 0 computes the metrics from all of them in image order, so every number equals
-the one-process number; rank 0 alone writes. The result is one ``genas.core.results`` JSON file.
+Its logits equal eager ones to float rounding (``tests/test_robustness.py``: rtol 1e-4, atol 1e-5).
 """
 from __future__ import annotations
 

@@ -203,8 +203,8 @@ GENAS_YAML = Path(__file__).resolve().parents[1] / "configs" / "detection" / "re
 
 def _detectron2_cfg(*opts):
     from detection.config import build_config
-    cfg = build_config(str(GENAS_YAML), ["MODEL.GENAS.WEIGHTS", "", "MODEL.GENAS.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT",
-                                   "0", *opts])
+    cfg = build_config(str(GENAS_YAML), ["MODEL.GENAS.WEIGHTS", "", "MODEL.GENAS.NORM", "BN",
+                                         "MODEL.BACKBONE.FREEZE_AT", "0", *opts])
     cfg.MODEL.GENAS.MODEL_KWARGS.C = SMALL["C"]
     cfg.MODEL.GENAS.MODEL_KWARGS.layers = SMALL["layers"]
     cfg.MODEL.GENAS.MODEL_KWARGS.drop_path_rate = 0.2

@@ -612,9 +612,9 @@ def test_compile_gives_the_eager_numbers_with_one_graph(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not os.environ.get("GENAS_TEST_INDUCTOR"),
-                    reason="torch.compile's inductor takes ~150 s to compile even a 3-cell genas_c100 on the 2-core "
-                           "CPU machines of this suite; GENAS_TEST_INDUCTOR=1 runs it (the GPU figure comes from "
-                           "benchmarks/gpu_check.py)")
+                    reason="torch.compile's inductor takes 2-3 minutes to compile even a 3-cell genas_c100 on the "
+                           "2-core CPU machines of this suite; GENAS_TEST_INDUCTOR=1 runs it (the GPU figure comes "
+                           "from benchmarks/gpu_check.py)")
 def test_compile_with_inductor_equals_eager(tmp_path):
     """--compile with the real backend: logits within rtol 1e-4 / atol 1e-5 of eager fp32, the same metrics."""
     torch.manual_seed(0)
