@@ -61,7 +61,7 @@ class Evaluation:
     data: str                                  # default data folder, relative to the data root
     resources: Mapping[str, Any]
     set: str | None = None                     # robustness/eval.py --set
-    extra: Mapping[str, Any] = None            # set-specific options and their defaults
+    extra: Mapping[str, Any] | None = None     # set-specific options and their defaults
 
     def options(self) -> dict[str, Any]:
         """Option name -> default of this evaluation (without ``data`` / ``resources``)."""
