@@ -129,6 +129,81 @@ def test_genotype_model_becomes_a_timm_hub_folder_that_builds_the_cell(tmp_path)
     assert json.loads(Path(files["model_args"]["genotype"]).read_text()) == model["model_args"]["genotype"]
 
 
+def test_local_dir_model_and_the_command_lines(tmp_path):
+    """A timm hub folder is evaluated through its own name and weights; detection / segmentation get its
+    architecture and weights file. Multi-process cells: torchrun, Detectron2's --num-gpus, MMEngine's launcher."""
+    from suite.cells import _launch
+    from suite.evaluations import Step, build_steps
+
+    hub = tmp_path / "hub" / "mine"
+    hub.mkdir(parents=True)
+    (hub / "config.json").write_text(json.dumps({"architecture": "resnet10t", "num_classes": 1000,
+                                                 "pretrained_cfg": {}, "model_args": {}}))
+    (hub / "model.safetensors").write_bytes(b"")
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"1")
+    manifest = load_manifest(_manifest(tmp_path, models=[f"local-dir:{hub}", {"name": "resnet10t",
+                                                                              "weights": str(weights)}],
+                                       evaluations={"imagenet-v2": None, "coco-retinanet": None}))
+    mine, plain = manifest.models
+    assert (mine["name"], mine["architecture"], mine["weights"]) == ("mine", "resnet10t", str(hub / "model.safetensors"))
+    work = tmp_path / "work"
+    argv = {}
+    for cell in manifest.cells():
+        steps, produced = build_steps(cell.to_dict(), model_files(cell.model, tmp_path / "models"), work, "cuda")
+        argv[cell.key] = steps[0].argv
+    v2 = argv["mine/imagenet-v2"]
+    assert v2[v2.index("--model") + 1] == f"local-dir:{hub}" and "--pretrained" in v2 and "--checkpoint" not in v2
+    v2 = argv["resnet10t/imagenet-v2"]
+    assert v2[v2.index("--checkpoint") + 1] == str(weights) and v2[v2.index("--device") + 1] == "cuda"
+    det = argv["mine/coco-retinanet"]
+    assert det[det.index("MODEL.GENAS.NAME") + 1] == "resnet10t"
+    assert det[det.index("MODEL.GENAS.WEIGHTS") + 1] == str(hub / "model.safetensors")
+    assert _launch(Step(v2), 2, 29511, False, "robustness")[:6] == [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    assert _launch(Step(v2), 2, 29511, True, "robustness") == v2  # SLURM tasks are the processes
+    launched = _launch(Step(det, spawns=True), 8, 29511, False, "detection")
+    assert launched[2:6] == ["--num-gpus", "8", "--dist-url", "tcp://127.0.0.1:29511"] and launched[6:] == det[2:]
+    seg = _launch(Step([sys.executable, "segmentation/train.py", "cfg.py", "--work-dir", "w"]), 4, 1, False,
+                  "segmentation")
+    assert seg[-6:] == ["segmentation/train.py", "cfg.py", "--launcher", "pytorch", "--work-dir", "w"]
+
+
+def test_local_gpus_one_cell_per_gpu_and_multi_gpu_cells_wait(tmp_path, monkeypatch):
+    """The GPU scheduler with the cells replaced by a recorder: no GPU is ever given to two cells at once."""
+    import threading
+    import time
+
+    import suite.launchers as launchers
+
+    manifest = load_manifest(_manifest(tmp_path, models=["resnet10t", "resnet14t"],
+                                       evaluations={"imagenet-v2": None, "imagenet-a": None,
+                                                    "cityscapes-deeplabv3": {"resources": {"gpus": 4}}}))
+    busy: set[str] = set()
+    lock = threading.Lock()
+    runs = []
+
+    def fake_run_cell(cell, out, device, nproc, port, env):
+        gpus = env["CUDA_VISIBLE_DEVICES"].split(",")
+        with lock:
+            assert not busy & set(gpus), (cell.key, busy, gpus)
+            busy.update(gpus)
+        time.sleep(0.05)
+        with lock:
+            busy.difference_update(gpus)
+            runs.append((cell.key, device, nproc, len(gpus)))
+        return {"key": cell.key, "state": "done", "seconds": 0.05, "error": ""}
+
+    monkeypatch.setattr(launchers, "visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(launchers, "run_cell", fake_run_cell)
+    done = []
+    results = launchers.run_local(manifest.cells(), manifest.out, "cuda", on_done=done.append)
+    assert len(results) == len(done) == 6 and {r["state"] for r in results} == {"done"}
+    assert sorted((k, n) for k, _, n, _ in runs) == sorted(
+        (c.key, 2 if c.evaluation == "cityscapes-deeplabv3" else 1) for c in manifest.cells())  # 4 GPUs capped at 2
+    assert {d for _, d, _, _ in runs} == {"cuda"} and all(n == g for _, _, n, g in runs)
+
+
 # --------------------------------------------------------------------------------------------------
 # States, status, the report
 # --------------------------------------------------------------------------------------------------
