@@ -13,7 +13,8 @@
 - ``OUT_FEATURES``: the feature levels handed to the FPN, named ``res<log2(stride)>`` like ResNet's, so that
   Detectron2's stock FPN / RetinaNet keys (``FPN.IN_FEATURES: [res3, res4, res5]``) apply unchanged. Only these
   levels are built (the layers after the last one are pruned), so every trainable parameter gets a gradient.
-- ``CHANNELS_LAST``: run the backbone in channels_last memory format (faster convolutions on GPU).
+- ``CHANNELS_LAST``: run the backbone in channels_last memory format (opt-in: measured 0.47x of NCHW for
+  ``genas_c100`` inference on an H200, ../shared/reference/gpu_h200_measured.md).
 - ``GRAD_CHECKPOINT``: timm's gradient checkpointing of the backbone network (default False): each DARTS cell keeps
   only its inputs for the backward and is recomputed there, with the plain backward's gradients and BatchNorm
   statistics; for the paper's 2 x 1333 x 800 images on small GPUs. A non-bool value is an error.
