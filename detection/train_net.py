@@ -24,7 +24,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
 import torch
 
@@ -34,17 +34,19 @@ from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
 from detection.backbone import BackboneConfigError, check_removed_keys, check_backbone_config
 from detection.config import build_config
-from detection.data import check_datasets, check_num_classes, register_coco_format_datasets
+from detection.data import (ResumableTrainLoader, check_datasets, check_num_classes, derived_seed,
+                            register_coco_format_datasets)
 from genas.core.distributed import AMP_DTYPES
 from genas.core.errors import usage_errors
 from genas.core.results import write_result
 
-__all__ = ["DETECTION_METRICS", "Trainer", "checked_config", "setup", "write_detection_results", "main", "cli"]
+__all__ = ["DETECTION_METRICS", "GlobalNormalizerRetinaNet", "Trainer", "checked_config", "setup", "write_detection_results", "main", "cli"]
 
 logger = logging.getLogger("detectron2")
 
@@ -62,9 +64,36 @@ def _create_ddp_model(model: torch.nn.Module, **kwargs: Any) -> torch.nn.Module:
 _D2_CREATE_DDP_MODEL = d2_defaults.create_ddp_model
 
 
+class GlobalNormalizerRetinaNet(RetinaNet):
+    """Detectron2's RetinaNet whose loss normalizer (an EMA of the number of positive anchors) counts the anchors of
+    all processes, as one process with the whole batch counts them (mmdetection's ``reduce_mean`` of the positives).
+
+    Stock Detectron2 keeps a per-process EMA, so under DDP each process divides its loss by its own count and the
+    averaged gradients differ from one process's; here the EMA tracks the global count and each process divides by
+    global / world size, so the DDP gradient (the mean over processes) equals the one-process gradient."""
+
+    def _ema_update(self, name: str, value: float, initial_value: float, momentum: float = 0.9) -> float:
+        world = comm.get_world_size()
+        if name != "loss_normalizer" or world == 1:
+            return super()._ema_update(name, value, initial_value, momentum)
+        total = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(total)
+        return super()._ema_update(name, total.item(), initial_value, momentum) / world
+
+
 class Trainer(DefaultTrainer):
     """Detectron2's ``DefaultTrainer`` (hooks, checkpoints, LR schedule, AMP) with COCO box evaluation; DDP also
-    over gloo CPU processes, and ``SOLVER.AMP.PRECISION`` as the ``AMPTrainer``'s autocast dtype."""
+    over gloo CPU processes, and ``SOLVER.AMP.PRECISION`` as the ``AMPTrainer``'s autocast dtype.
+
+    What it adds for exact resumes and process-count-independent training:
+
+    - the training batches come from :class:`detection.data.ResumableTrainLoader` (a function of data seed and
+      iteration), which starts at the resumed iteration;
+    - torch's generators are seeded from (data seed, iteration, rank) before each step (drop path draws);
+    - the checkpoint's trainer state keeps the data seed and RetinaNet's loss normalizer (an EMA that Detectron2
+      keeps outside the state dict, so a stock resume restarts it at 100);
+    - RetinaNet's normalizer counts the positive anchors of all processes (:class:`GlobalNormalizerRetinaNet`).
+    """
 
     def __init__(self, cfg: CfgNode):
         d2_defaults.create_ddp_model = _create_ddp_model  # DefaultTrainer.__init__ wraps the model with it
@@ -74,6 +103,47 @@ class Trainer(DefaultTrainer):
             d2_defaults.create_ddp_model = _D2_CREATE_DDP_MODEL
         if cfg.SOLVER.AMP.ENABLED:
             self._trainer.precision = AMP_DTYPES[cfg.SOLVER.AMP.PRECISION]
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
+        model = super().build_model(cfg)
+        if type(model) is RetinaNet:
+            model.__class__ = GlobalNormalizerRetinaNet
+        return model
+
+    @property
+    def _unwrapped_model(self) -> torch.nn.Module:
+        model = self._trainer.model
+        return model.module if isinstance(model, DistributedDataParallel) else model
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        super().resume_or_load(resume=resume)  # a resumed checkpoint's trainer state goes through load_state_dict
+        loader = self._trainer.data_loader
+        if isinstance(loader, ResumableTrainLoader):
+            loader.start_iter = self.start_iter
+
+    def run_step(self) -> None:
+        loader = self._trainer.data_loader
+        seed = loader.seed if isinstance(loader, ResumableTrainLoader) else self.cfg.SEED
+        torch.manual_seed(derived_seed(seed, self.iter, comm.get_rank()))
+        super().run_step()
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        loader = self._trainer.data_loader
+        state["genas"] = {"data_seed": getattr(loader, "seed", None),
+                          "loss_normalizer": getattr(self._unwrapped_model, "loss_normalizer", None)}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("genas", None) or {}
+        super().load_state_dict(state_dict)
+        loader = self._trainer.data_loader
+        if extra.get("data_seed") is not None and isinstance(loader, ResumableTrainLoader):
+            loader.seed = int(extra["data_seed"])
+        if extra.get("loss_normalizer") is not None:  # set by the first forward: absent in a new trainer
+            self._unwrapped_model.loss_normalizer = extra["loss_normalizer"]
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> COCOEvaluator:
@@ -87,8 +157,8 @@ class Trainer(DefaultTrainer):
         return getattr(self, "_last_eval_results", None)  # set by DefaultTrainer's evaluation hook
 
     @classmethod
-    def build_train_loader(cls, cfg: CfgNode) -> Iterable:
-        loader = super().build_train_loader(cfg)
+    def build_train_loader(cls, cfg: CfgNode) -> ResumableTrainLoader:
+        loader = ResumableTrainLoader(cfg)
         check_num_classes(cfg, cfg.DATASETS.TRAIN)  # the loader has read the annotations, so the classes are known
         return loader
 

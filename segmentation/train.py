@@ -7,10 +7,13 @@ mIoU / mAcc / aAcc as the suite's result JSON.
     torchrun --nproc_per_node 4 segmentation/train.py CONFIG --launcher pytorch [--resume] [--amp [bf16]] ...
 
 A thin wrapper over MMEngine's ``Runner``: logs, ``iter_N.pth`` checkpoints and ``--resume`` (from the work dir's
-last checkpoint) are MMEngine's. The validation that ends training (MMEngine's ``IterBasedTrainLoop`` always
-validates at ``max_iters``) is written to ``<work-dir>/results_segmentation.json``; a run resumed after its end
-validates once more instead. ``--amp`` (fp16, or ``--amp bf16``) is MMEngine's ``AmpOptimWrapper`` (CUDA);
-``--channels-last`` runs the backbone in channels_last; under ``torchrun`` without GPUs the processes use gloo.
+last checkpoint) are MMEngine's; torch's generators are seeded from (seed, iteration) before every iteration, so a
+resumed run trains exactly as the uninterrupted one (``segmentation.runner.reseed_each_iteration_hook``). The
+validation that ends training (MMEngine's ``IterBasedTrainLoop`` always validates at ``max_iters``) is written to
+``<work-dir>/results_segmentation.json``; a run resumed after its end validates once more instead. ``--amp`` (fp16,
+or ``--amp bf16``) is MMEngine's ``AmpOptimWrapper`` (CUDA); ``--channels-last`` runs the backbone in channels_last;
+under ``torchrun`` without GPUs the processes use gloo. A ``--cfg-options`` key the config lacks and its component
+does not take (``train_cfg.max_iter``, ``model.backbone.foo``) is one ``error:`` line, exit 2, nothing written.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import torch
 from genas.core.distributed import AMP_DTYPES
 from genas.core.errors import usage_errors
 from segmentation.runner import (SetupError, add_run_args, build_runner, mmengine_checkpoint_globals, prepare_config,
-                                 write_segmentation_result)
+                                 reseed_each_iteration_hook, write_segmentation_result)
 
 __all__ = ["last_val_metrics_hook", "main"]
 
@@ -65,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg.optim_wrapper.loss_scale = "dynamic"
         cfg.optim_wrapper.dtype = str(AMP_DTYPES[args.amp]).removeprefix("torch.")  # 'float16' | 'bfloat16'
     runner = build_runner(cfg)
+    runner.register_hook(reseed_each_iteration_hook())
     last_val = last_val_metrics_hook()
     runner.register_hook(last_val)
     with mmengine_checkpoint_globals():  # --resume loads the last checkpoint
