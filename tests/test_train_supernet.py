@@ -22,7 +22,8 @@ import torch
 from genas.core.config import load_config
 from genas.core.io import load_checkpoint
 from genas.spaces import build_supernet, get_space
-from genas.train_supernet import load_supernet, main, train_step, train_supernet
+from genas.data import build_search_data
+from genas.train_supernet import load_supernet, main, sampled_path_accuracy, train_step, train_supernet
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["supernet.C=4", "supernet.N=1", "train.epochs=2", "train.batch_size=64", "train.lr=0.025",
@@ -100,6 +101,22 @@ def test_killed_run_resumes_to_identical_weights(reference_run, tmp_path):
                                           for r in _log_rows(reference_run)]
     # a finished run is not retrained
     assert train_supernet(load_config(CONFIG, TINY), out, resume=True) == final
+
+
+def test_trained_supernet_beats_the_untrained_one_on_sampled_paths(tmp_path):
+    """SPOS training learns: the validation top-1 of 4 uniformly sampled paths (each after BN recalibration, as the
+    scorer sees them) on the 899 held-out digits rises from chance (init.pt, measured mean 10.8%, max 11.0%) to a
+    mean of at least 20% after 5 epochs at width 8 (final.pt, measured mean 26.3%, min 19.2%)."""
+    cfg = load_config(CONFIG, ["supernet.C=8", "supernet.N=1", "train.epochs=5", "train.batch_size=32",
+                               "train.lr=0.05", "train.workers=0", "train.device=cpu",
+                               "train.checkpoint_every_steps=1000", "train.log_every_steps=1000"])
+    train_supernet(cfg, tmp_path, resume=False)
+    data = build_search_data(cfg["data"])
+    untrained, trained = (sampled_path_accuracy(load_supernet(tmp_path / "supernet" / name), data.train, data.val,
+                                                num_paths=4) for name in ("init.pt", "final.pt"))
+    assert untrained["num_images"] == trained["num_images"] == 899
+    assert untrained["mean"] < 0.15 and trained["mean"] >= 0.2 and trained["min"] > untrained["max"], (
+        untrained, trained)
 
 
 def test_one_spos_step_trains_exactly_the_sampled_path():
