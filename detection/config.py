@@ -28,6 +28,18 @@ stem's output, 1 and 2 both freeze ``stem0``, 3 freezes the stems and the cells 
 ``SOLVER.AMP.PRECISION`` (``fp16`` | ``bf16``): the autocast dtype of Detectron2's ``AMPTrainer`` when
 ``SOLVER.AMP.ENABLED`` (which needs a CUDA device); Detectron2's own default is fp16.
 
+Two departures from stock Detectron2 (``False`` in both is Detectron2's own behaviour, as in the paper's runs;
+README, "Reference protocol vs defaults"):
+
+- ``DATALOADER.EXACT_RESUME`` (default True): the training batches are a function of ``SEED`` and the iteration
+  (:class:`detection.data.ResumableTrainLoader`: Detectron2's sampler, aspect-ratio groups and mapper; each
+  process takes its share of each global batch; augmentation draws seeded per sample) and torch's generators are
+  seeded per iteration, so ``--resume`` continues with the uninterrupted run's batches and draws. Stock Detectron2
+  restarts its data stream at the first batch on resume and draws per process.
+- ``MODEL.RETINANET.GLOBAL_LOSS_NORMALIZER`` (default True): RetinaNet's loss normalizer (an EMA of the number of
+  positive anchors) counts the anchors of all processes, so N processes compute the gradient of one process with
+  the whole batch; stock Detectron2 keeps one EMA per process, so the averaged gradient depends on the split.
+
 ``DATASETS.COCO_FORMAT`` (read by :mod:`detection.data`): ``[name, json_file, image_root]`` triples registered
 as COCO-format instance datasets before the loaders are built, so any such dataset is used from YAML or the
 command line without editing code.
@@ -52,7 +64,8 @@ class ConfigFileError(UsageError):
 
 
 def add_genas_config(cfg: CfgNode) -> None:
-    """Add the ``MODEL.GENAS``, ``SOLVER.AMP.PRECISION`` and ``DATASETS.COCO_FORMAT`` keys (with their defaults)
+    """Add the ``MODEL.GENAS``, ``SOLVER.AMP.PRECISION``, ``DATASETS.COCO_FORMAT``, ``DATALOADER.EXACT_RESUME`` and
+    ``MODEL.RETINANET.GLOBAL_LOSS_NORMALIZER`` keys (with their defaults)
     to ``cfg`` in place: call it before ``cfg.merge_from_file`` of a GeNAS YAML (also from Detectron2's own
     ``tools/train_net.py``)."""
     cfg.MODEL.GENAS = CfgNode()
@@ -66,6 +79,8 @@ def add_genas_config(cfg: CfgNode) -> None:
     cfg.MODEL.GENAS.GRAD_CHECKPOINT = False
     cfg.SOLVER.AMP.PRECISION = "fp16"
     cfg.DATASETS.COCO_FORMAT = []
+    cfg.DATALOADER.EXACT_RESUME = True
+    cfg.MODEL.RETINANET.GLOBAL_LOSS_NORMALIZER = True
 
 
 def build_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:

@@ -24,7 +24,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, List, Mapping, Optional
+from typing import Any, Iterable, List, Mapping, Optional
 
 import torch
 
@@ -46,7 +46,8 @@ from genas.core.distributed import AMP_DTYPES
 from genas.core.errors import usage_errors
 from genas.core.results import write_result
 
-__all__ = ["DETECTION_METRICS", "GlobalNormalizerRetinaNet", "Trainer", "checked_config", "setup", "write_detection_results", "main", "cli"]
+__all__ = ["DETECTION_METRICS", "GlobalNormalizerRetinaNet", "Trainer", "checked_config", "setup",
+           "write_detection_results", "main", "cli"]
 
 logger = logging.getLogger("detectron2")
 
@@ -107,7 +108,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
         model = super().build_model(cfg)
-        if type(model) is RetinaNet:
+        if cfg.MODEL.RETINANET.GLOBAL_LOSS_NORMALIZER and type(model) is RetinaNet:
             model.__class__ = GlobalNormalizerRetinaNet
         return model
 
@@ -124,8 +125,8 @@ class Trainer(DefaultTrainer):
 
     def run_step(self) -> None:
         loader = self._trainer.data_loader
-        seed = loader.seed if isinstance(loader, ResumableTrainLoader) else self.cfg.SEED
-        torch.manual_seed(derived_seed(seed, self.iter, comm.get_rank()))
+        if isinstance(loader, ResumableTrainLoader):  # DATALOADER.EXACT_RESUME
+            torch.manual_seed(derived_seed(loader.seed, self.iter, comm.get_rank()))
         super().run_step()
 
     def state_dict(self) -> dict:
@@ -157,8 +158,8 @@ class Trainer(DefaultTrainer):
         return getattr(self, "_last_eval_results", None)  # set by DefaultTrainer's evaluation hook
 
     @classmethod
-    def build_train_loader(cls, cfg: CfgNode) -> ResumableTrainLoader:
-        loader = ResumableTrainLoader(cfg)
+    def build_train_loader(cls, cfg: CfgNode) -> Iterable:
+        loader = ResumableTrainLoader(cfg) if cfg.DATALOADER.EXACT_RESUME else super().build_train_loader(cfg)
         check_num_classes(cfg, cfg.DATASETS.TRAIN)  # the loader has read the annotations, so the classes are known
         return loader
 

@@ -597,6 +597,27 @@ def test_resumed_run_equals_the_uninterrupted_run(coco128_run, tmp_path):
     assert [k for k in whole if not torch.equal(resumed[k], whole[k])] == []
 
 
+def test_stock_detectron2_options_give_its_loader_and_retinanet(coco128_run, tmp_path, capsys):
+    """DATALOADER.EXACT_RESUME False and MODEL.RETINANET.GLOBAL_LOSS_NORMALIZER False are stock Detectron2 (the
+    paper's runs): its own train loader and RetinaNet class; the defaults are ours; a non-bool is exit 2."""
+    from detectron2.modeling.meta_arch.retinanet import RetinaNet
+
+    from detection.data import ResumableTrainLoader
+    from detection.train_net import GlobalNormalizerRetinaNet
+
+    opts = ("OUTPUT_DIR", str(tmp_path / "out"), "MODEL.GENAS.MODEL_KWARGS.C", "8")
+    ours = Trainer(setup(_args("--config-file", str(coco128_run[0]), *opts)))
+    assert isinstance(ours.data_loader, ResumableTrainLoader) and type(ours.model) is GlobalNormalizerRetinaNet
+    stock = Trainer(setup(_args("--config-file", str(coco128_run[0]), *opts, "DATALOADER.EXACT_RESUME", "False",
+                                "MODEL.RETINANET.GLOBAL_LOSS_NORMALIZER", "False")))
+    assert not isinstance(stock.data_loader, ResumableTrainLoader) and type(stock.model) is RetinaNet
+    assert cli(["--config-file", str(coco128_run[0]), "DATALOADER.EXACT_RESUME", "'yes'",
+                "OUTPUT_DIR", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err  # yacs refuses the type, in one error line
+    assert err.startswith("error: ") and err.count("\n") == 1 and "config key: DATALOADER.EXACT_RESUME" in err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_ddp_two_gloo_processes_equal_one_process(coco128_run, tmp_path):
     """``train_net.py --num-gpus 2`` on a machine without CUDA: Detectron2's launch starts 2 gloo processes, each
     trains on 1 image of each batch of 2 and evaluates 1 of the 2 images (COCOEvaluator gathers), rank 0 writes.
