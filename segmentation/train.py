@@ -8,7 +8,8 @@ mIoU / mAcc / aAcc as the suite's result JSON.
 
 A thin wrapper over MMEngine's ``Runner``: logs, ``iter_N.pth`` checkpoints and ``--resume`` (from the work dir's
 last checkpoint) are MMEngine's; torch's generators are seeded from (seed, iteration) before every iteration, so a
-resumed run trains exactly as the uninterrupted one (``segmentation.runner.reseed_each_iteration_hook``). The
+resumed run trains exactly as the uninterrupted one (``segmentation.runner.reseed_each_iteration_hook``; config key
+``exact_resume``, default True; False is stock MMSeg, whose resumed run draws other dropout masks). The
 validation that ends training (MMEngine's ``IterBasedTrainLoop`` always validates at ``max_iters``) is written to
 ``<work-dir>/results_segmentation.json``; a run resumed after its end validates once more instead. ``--amp`` (fp16,
 or ``--amp bf16``) is MMEngine's ``AmpOptimWrapper`` (CUDA); ``--channels-last`` runs the backbone in channels_last;
@@ -62,13 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.amp and (args.device == "cpu" or not torch.cuda.is_available()):
         raise SetupError(f"--amp {args.amp}: MMEngine's AmpOptimWrapper needs a CUDA device; drop --amp on the CPU")
     cfg = prepare_config(args, ["train_dataloader", "val_dataloader"])
+    exact_resume = cfg.get("exact_resume", True)
+    if not isinstance(exact_resume, bool):
+        raise SetupError(f"exact_resume={exact_resume!r}: expected True or False")
     cfg.resume = args.resume
     if args.amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.loss_scale = "dynamic"
         cfg.optim_wrapper.dtype = str(AMP_DTYPES[args.amp]).removeprefix("torch.")  # 'float16' | 'bfloat16'
     runner = build_runner(cfg)
-    runner.register_hook(reseed_each_iteration_hook())
+    if exact_resume:
+        runner.register_hook(reseed_each_iteration_hook())
     last_val = last_val_metrics_hook()
     runner.register_hook(last_val)
     with mmengine_checkpoint_globals():  # --resume loads the last checkpoint

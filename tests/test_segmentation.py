@@ -455,6 +455,7 @@ def test_cfg_options_typo_is_one_clear_error_and_writes_nothing(tmp_path, citysc
                                              r"'intervall'"),
     ("train_dataloader.batchsize=3", r"error: .*train_dataloader \(DataLoader\) has no option 'batchsize'; "
                                      r"it takes .*batch_size"),
+    ("exact_resume=yes", r"error: exact_resume='yes': expected True or False"),
 ])
 def test_unknown_options_are_refused_before_anything_is_built(tmp_path, capsys, cityscapes_tiny, option, message):
     import re
