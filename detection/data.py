@@ -30,10 +30,11 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.utils import comm
 from torch.utils.data import Dataset, Sampler
 
+from genas.core.distributed import derived_seed
 from genas.core.errors import UsageError
 
 __all__ = ["DatasetConfigError", "register_coco_format_datasets", "check_datasets", "check_num_classes",
-           "derived_seed", "SeededMapDataset", "GlobalBatchSampler", "ResumableTrainLoader"]
+           "SeededMapDataset", "GlobalBatchSampler", "ResumableTrainLoader"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +91,6 @@ def check_num_classes(cfg: CfgNode, names: Iterable[str]) -> None:
         if classes is not None and len(classes) > cfg.MODEL.RETINANET.NUM_CLASSES:
             raise DatasetConfigError(f"dataset {name!r} has {len(classes)} classes but MODEL.RETINANET.NUM_CLASSES="
                                      f"{cfg.MODEL.RETINANET.NUM_CLASSES}; set it to {len(classes)}")
-
-
-def derived_seed(*values: int) -> int:
-    """A 64-bit seed derived from integers (run seed, iteration, rank ...); different tuples give unrelated seeds."""
-    return int(np.random.SeedSequence([v % 2 ** 64 for v in values]).generate_state(1, np.uint64)[0])
 
 
 class SeededMapDataset(Dataset):

@@ -40,9 +40,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from detection.backbone import BackboneConfigError, check_removed_keys, check_backbone_config
 from detection.config import build_config
-from detection.data import (ResumableTrainLoader, check_datasets, check_num_classes, derived_seed,
-                            register_coco_format_datasets)
-from genas.core.distributed import AMP_DTYPES
+from detection.data import ResumableTrainLoader, check_datasets, check_num_classes, register_coco_format_datasets
+from genas.core.distributed import AMP_DTYPES, derived_seed
 from genas.core.errors import usage_errors
 from genas.core.results import write_result
 

