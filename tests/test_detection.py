@@ -632,16 +632,17 @@ def test_ddp_two_gloo_processes_equal_one_process(coco128_run, tmp_path):
     small = tmp_path / "small.yaml"
     small.write_text(f'_BASE_: "{coco128_run[0]}"\nMODEL:\n  GENAS:\n    MODEL_KWARGS: {{C: 8}}\n    NORM: FrozenBN\n')
     opts = ["SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "0", "DATASETS.TEST", "('t_coco128_train2',)"]
+    out = tmp_path / "ddp"
+    with open(tmp_path / "ddp.log", "w") as log:  # the 2-process run beside the 1-process one (a thread each)
+        proc = subprocess.Popen(
+            [sys.executable, "detection/train_net.py", "--config-file", str(small), "--num-gpus", "2",
+             "--dist-url", "auto", *opts, "OUTPUT_DIR", str(out)],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     single = Trainer(setup(_args("--config-file", str(small), *opts, "DATASETS.TEST", "()",
                                  "OUTPUT_DIR", str(tmp_path / "one"))))
     single.resume_or_load(resume=False)
     single.train()
-    out = tmp_path / "ddp"
-    proc = subprocess.run(
-        [sys.executable, "detection/train_net.py", "--config-file", str(small), "--num-gpus", "2",
-         "--dist-url", "auto", *opts, "OUTPUT_DIR", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.wait(timeout=300) == 0, (tmp_path / "ddp.log").read_text()[-3000:]
     log = (out / "log.txt").read_text()
     assert "Rank of current process: 0. World size: 2" in log
     assert "Rank of current process: 1. World size: 2" in (out / "log.txt.rank1").read_text()
@@ -653,8 +654,11 @@ def test_ddp_two_gloo_processes_equal_one_process(coco128_run, tmp_path):
     assert rows[0]["total_loss"] == pytest.approx(float(np.median(_total_losses(single))), rel=1e-5)
     ddp, one = _model_weights(out / "model_final.pth"), _model_weights(tmp_path / "one" / "model_final.pth")
     assert ddp.keys() == one.keys()
+    # float32 sums in another order: within 1e-4 of each tensor's largest magnitude (measured up to 7e-6 on an AMD
+    # EPYC; 2 steps from a random init move some biases to ~1e3). A per-process loss normalizer differs by percents.
     for k in one:
-        torch.testing.assert_close(ddp[k], one[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+        scale = one[k].abs().max().item()
+        torch.testing.assert_close(ddp[k], one[k], rtol=0, atol=1e-4 * scale + 1e-8, msg=lambda m, k=k: f"{k}: {m}")
     result = read_result(out / "results_detection.json")
     assert result["meta"]["iterations"] == 2 and set(result["metrics"]) == set(DETECTION_METRICS)
     assert result["meta"]["dataset"] == "t_coco128_train2"

@@ -329,15 +329,20 @@ def test_mmseg_own_test_tool_needs_and_works_with_the_checkpoint_globals(trained
               "    runpy.run_path(sys.argv[0], run_name='__main__')\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
-    for mode in ("bare", "wrapped"):
-        proc = subprocess.run([sys.executable, "-c", script, str(tool), str(trained["config"]), str(checkpoint),
-                               "--work-dir", str(tmp_path / mode), *(["wrapped"] if mode == "wrapped" else [])],
-                              cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
-        if mode == "bare":
-            assert proc.returncode != 0 and "Weights only load failed" in proc.stderr, proc.stderr[-3000:]
-        else:
-            assert proc.returncode == 0, proc.stderr[-3000:]
-            assert f"mIoU: {miou:.4f}" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
+    logs = {mode: tmp_path / f"{mode}.log" for mode in ("bare", "wrapped")}
+    runs = {}
+    for mode, log in logs.items():  # side by side
+        with open(log, "w") as out:
+            runs[mode] = subprocess.Popen([sys.executable, "-c", script, str(tool), str(trained["config"]),
+                                           str(checkpoint), "--work-dir", str(tmp_path / mode),
+                                           *(["wrapped"] if mode == "wrapped" else [])],
+                                          cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
+    for run in runs.values():
+        run.wait(timeout=300)
+    bare, wrapped = logs["bare"].read_text(), logs["wrapped"].read_text()
+    assert runs["bare"].returncode != 0 and "Weights only load failed" in bare, bare[-3000:]
+    assert runs["wrapped"].returncode == 0, wrapped[-3000:]
+    assert f"mIoU: {miou:.4f}" in wrapped, wrapped[-3000:]
 
 
 def test_checkpoint_globals_allow_exactly_the_statistics_methods():
@@ -510,16 +515,18 @@ def test_ddp_two_gloo_processes_equal_one_process(tmp_path, cityscapes_tiny):
     the final validation."""
     data_root = _two_frame_root(cityscapes_tiny, tmp_path / "data")
     one = _tiny_config(tmp_path / "one.py", data_root, 2, PLAIN, DDP_INVARIANT)
-    proc = _cli("train.py", str(one), "--work-dir", str(tmp_path / "one"), "--device", "cpu")
-    assert proc.returncode == 0, proc.stderr[-3000:]
     two = _tiny_config(tmp_path / "two.py", data_root, 2, PLAIN, DDP_INVARIANT)
     work_dir = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "segmentation/train.py", str(two), "--launcher", "pytorch", "--device", "cpu",
-                           "--work-dir", str(work_dir), "--cfg-options", "train_dataloader.batch_size=1"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    # the 2-process run and the 1-process run side by side (one thread per process)
+    with open(tmp_path / "ddp.log", "w") as out:
+        ddp = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                "2", "segmentation/train.py", str(two), "--launcher", "pytorch", "--device", "cpu",
+                                "--work-dir", str(work_dir), "--cfg-options", "train_dataloader.batch_size=1"],
+                               cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc = _cli("train.py", str(one), "--work-dir", str(tmp_path / "one"), "--device", "cpu")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ddp.wait(timeout=300) == 0, (tmp_path / "ddp.log").read_text()[-3000:]
     log = next(work_dir.glob("*/*.log")).read_text()
     # MMEngine's environment report: 2 processes ("GPU number" is its name for the world size) over gloo
     assert "Distributed training: True" in log and "GPU number: 2" in log, log[:3000]
