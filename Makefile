@@ -5,13 +5,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
+# pytest-xdist workers, one per core; a file's tests stay in one worker (module fixtures train once)
+PYTEST_WORKERS ?= 2
 
 .PHONY: search test env env-core
 search: env-core
 	$(PY) genas/search.py $(ARGS)
 
 test: env
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 env-core:
 	GENAS_VENV=$(VENV) scripts/bootstrap.sh core
