@@ -36,6 +36,8 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from genas.core.io import atomic_write_text  # noqa: E402
+
 SHARED = Path(os.environ.get("GENAS_SHARED_DATA", REPO.parent / "shared" / "data"))
 DET_TARGET_AP50 = 10.0
 SEG_TARGET_MIOU = 30.0
@@ -237,6 +239,15 @@ def run_segmentation(args: argparse.Namespace, tmp: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------- report
+def _curve_table(columns: tuple[str, str], curve: list, target: float) -> list[str]:
+    """Markdown lines: the (iteration, metric, second metric) curve as a table, then the best metric vs its target."""
+    best = max(point[1] for point in curve)
+    return [f"| iteration | {columns[0]} | {columns[1]} |", "|---:|---:|---:|",
+            *[f"| {it} | {a:.1f} | {b:.1f} |" for it, a, b in curve], "",
+            f"Best {columns[0].removeprefix('box ')} {best:.1f} (target >= {target:g}): "
+            f"{'reached' if best >= target else 'NOT reached'}.", ""]
+
+
 def report(args: argparse.Namespace, det: dict | None, seg: dict | None, total: float) -> str:
     lines = ["# It learns: RetinaNet and DeepLabv3 with a GeNAS backbone overfit real images", "",
              f"`python benchmarks/bench_learns.py` ({platform.processor() or platform.machine()}, "
@@ -244,7 +255,6 @@ def report(args: argparse.Namespace, det: dict | None, seg: dict | None, total: 
              f"total {total / 60:.1f} min. Random-init backbones; each metric is measured on the training images "
              "themselves (an overfitting check of the adapters, not a generalisation result).", ""]
     if det is not None:
-        best = max(ap50 for _, ap50, _ in det["curve"])
         lines += ["## Detection: RetinaNet (Detectron2), coco128", "",
                   f"`detection.train_net.Trainer`, `{args.det_model}` cell at C={args.det_width} "
                   f"({det['params'] / 1e6:.2f} M parameters with FPN and head), BN trained, nothing frozen, FPN / head "
@@ -253,22 +263,15 @@ def report(args: argparse.Namespace, det: dict | None, seg: dict | None, total: 
                   f"no flip, batch {args.det_batch}, SGD lr {args.det_lr} with {args.det_warmup} warm-up "
                   f"iterations, anchors x{args.det_anchor_scale}; COCOEvaluator on the same {args.det_images} "
                   f"images. Loss {det['first_loss']:.2f} -> {det['last_loss']:.2f} (mean of the last 20). "
-                  f"{det['seconds'] / 60:.1f} min.", "",
-                  "| iteration | box AP50 | box AP |", "|---:|---:|---:|"]
-        lines += [f"| {it} | {ap50:.1f} | {ap:.1f} |" for it, ap50, ap in det["curve"]]
-        lines += ["", f"Best AP50 {best:.1f} (target >= {DET_TARGET_AP50:g}): "
-                      f"{'reached' if best >= DET_TARGET_AP50 else 'NOT reached'}.", ""]
+                  f"{det['seconds'] / 60:.1f} min.", ""]
+        lines += _curve_table(("box AP50", "box AP"), det["curve"], DET_TARGET_AP50)
     if seg is not None:
-        best = max(m for _, m, _ in seg["curve"])
         lines += ["## Segmentation: DeepLabv3 (MMSegmentation), cityscapes_tiny", "",
                   f"`segmentation/train.py` (`main`), `{args.seg_model}` cell at C={args.seg_width}, the one "
                   f"Cityscapes frame resized to {args.seg_size.replace('x', ' x ')}, batch 2, SGD lr {args.seg_lr} "
                   f"poly, {args.seg_iters} iterations; IoUMetric on the same frame. Loss "
-                  f"{seg['first_loss']:.2f} -> {seg['last_loss']:.2f}. {seg['seconds'] / 60:.1f} min.", "",
-                  "| iteration | mIoU | aAcc |", "|---:|---:|---:|"]
-        lines += [f"| {it} | {m:.1f} | {a:.1f} |" for it, m, a in seg["curve"]]
-        lines += ["", f"Best mIoU {best:.1f} (target >= {SEG_TARGET_MIOU:g}): "
-                      f"{'reached' if best >= SEG_TARGET_MIOU else 'NOT reached'}.", ""]
+                  f"{seg['first_loss']:.2f} -> {seg['last_loss']:.2f}. {seg['seconds'] / 60:.1f} min.", ""]
+        lines += _curve_table(("mIoU", "aAcc"), seg["curve"], SEG_TARGET_MIOU)
     return "\n".join(lines)
 
 
@@ -288,7 +291,7 @@ def main(argv=None) -> int:
                   f"{seg['seconds']:.0f} s", flush=True)
     text = report(args, det, seg, time.perf_counter() - start)
     if args.out:
-        Path(args.out).write_text(text)
+        atomic_write_text(args.out, text)
         print(f"-> {args.out}")
     else:
         print(text)

@@ -16,9 +16,9 @@ import torch.distributed as dist
 
 from genas.core.errors import UsageError
 
-__all__ = ["DeviceError", "DistInfo", "derived_seed", "resolve_device", "init_distributed", "cleanup_distributed", "get_rank", "get_world_size",
-           "is_main", "barrier", "all_reduce_sum", "seed_everything", "get_rng_states", "set_rng_states",
-           "AMP_DTYPES", "amp_dtype", "shard", "shard_owner", "all_gather_objects", "broadcast_object"]
+__all__ = ["DeviceError", "DistInfo", "derived_seed", "resolve_device", "init_distributed", "cleanup_distributed",
+           "get_rank", "get_world_size", "is_main", "barrier", "all_reduce_sum", "seed_everything", "get_rng_states",
+           "set_rng_states", "AMP_DTYPES", "amp_dtype", "shard", "shard_owner", "all_gather_objects", "broadcast_object"]
 
 
 T = TypeVar("T")
